@@ -1,0 +1,1 @@
+//! Criterion benches of kata-sim; the benches are in `benches/benches/`.

@@ -1,0 +1,67 @@
+//! `sim-agent`: serve a fake Kata guest agent on one or more addresses.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sim_agent::{AgentServer, AgentVersion, SimAgent, SimConfig};
+
+/// A stateful fake of the Kata Containers guest agent.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the agent protocol until Ctrl-C.
+    Serve {
+        /// Address to listen on: unix://PATH, remote://PATH, mock://PATH, hvsock://PATH or
+        /// vsock://CID:PORT. Repeatable.
+        #[arg(long = "listen", required = true)]
+        listen: Vec<String>,
+        /// Behave as this agent release (e.g. 3.19.1); default: the current agent.
+        #[arg(long = "agent-version", default_value_t = AgentVersion::CURRENT)]
+        agent_version: AgentVersion,
+        /// Host directory to use as the guest's `/` (default: a temporary directory).
+        #[arg(long)]
+        guest_root: Option<std::path::PathBuf>,
+        /// Build with agent-policy: SetPolicy stores the policy instead of answering NOT_FOUND.
+        #[arg(long)]
+        policy: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            listen,
+            agent_version,
+            guest_root,
+            policy,
+        } => {
+            let mut config = SimConfig::for_version(agent_version);
+            config.guest_root = guest_root;
+            config.policy_enabled = policy;
+            let agent = SimAgent::with_config(config).context("creating the guest root")?;
+            tracing::info!(root = %agent.guest_root().display(), version = %agent_version, "guest ready");
+            let server = AgentServer::bind(agent.clone(), &listen).await?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+                _ = agent.terminated() => tracing::info!("DestroySandbox: the agent ends its service"),
+            }
+            server.shutdown().await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The guest filesystem: a host directory that stands for the guest's `/`.
+//!
+//! Every guest path is resolved inside that root, component by component, following symlinks
+//! as the guest kernel would but never above the root (the confinement that the real agent
+//! gets from `pathrs`). Nothing outside the root is ever read or written.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+/// Where the Go and Rust runtimes copy files when the filesystem is not shared.
+pub const SHARED_CONTAINERS_DIR: &str = "/run/kata-containers/shared/containers/";
+
+/// The most symlinks followed while resolving one path (Linux's `MAXSYMLINKS`).
+const MAX_SYMLINKS: usize = 40;
+
+/// A guest root directory on the host.
+#[derive(Debug)]
+pub struct GuestFs {
+    root: PathBuf,
+    _owned: Option<tempfile::TempDir>,
+}
+
+/// Why a guest path could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// The path tried to leave the directory it is confined to.
+    #[error("path {0:?} escapes its root")]
+    Escapes(String),
+    /// Too many symlinks.
+    #[error("too many levels of symbolic links in {0:?}")]
+    Loop(String),
+    /// An I/O error while resolving.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl GuestFs {
+    /// A guest root in a fresh temporary directory, removed on drop.
+    pub fn temp() -> io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("kata-sim-guest-")
+            .tempdir()?;
+        Ok(GuestFs {
+            root: dir.path().to_path_buf(),
+            _owned: Some(dir),
+        })
+    }
+
+    /// A guest root in an existing directory, which is left in place.
+    pub fn at(root: PathBuf) -> io::Result<Self> {
+        std::fs::create_dir_all(&root)?;
+        Ok(GuestFs { root, _owned: None })
+    }
+
+    /// The host directory that is the guest's `/`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Resolves a guest path to a host path inside the root. `..` and symlinks are followed
+    /// but clamp at the guest `/`, as a chroot does.
+    pub fn resolve(&self, guest_path: &str) -> Result<PathBuf, PathError> {
+        resolve_in(&self.root, Path::new(guest_path), true)
+    }
+
+    /// Reads a guest file.
+    pub fn read(&self, guest_path: &str) -> io::Result<Vec<u8>> {
+        let p = self.resolve(guest_path).map_err(into_io)?;
+        std::fs::read(p)
+    }
+
+    /// Writes (creates or replaces) a guest file, creating parent directories.
+    pub fn write(&self, guest_path: &str, data: &[u8]) -> io::Result<()> {
+        let p = self.resolve(guest_path).map_err(into_io)?;
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, data)
+    }
+
+    /// Appends to a guest file, creating it.
+    pub fn append(&self, guest_path: &str, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let p = self.resolve(guest_path).map_err(into_io)?;
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?
+            .write_all(data)
+    }
+
+    /// Creates a guest directory and its parents.
+    pub fn mkdir_all(&self, guest_path: &str) -> io::Result<()> {
+        let p = self.resolve(guest_path).map_err(into_io)?;
+        std::fs::create_dir_all(p)
+    }
+
+    /// Whether a guest path exists (following symlinks inside the root).
+    pub fn exists(&self, guest_path: &str) -> bool {
+        self.resolve(guest_path)
+            .map(|p| p.exists())
+            .unwrap_or(false)
+    }
+
+    /// Removes a guest directory tree, if present.
+    pub fn remove_all(&self, guest_path: &str) -> io::Result<()> {
+        let p = self.resolve(guest_path).map_err(into_io)?;
+        match std::fs::remove_dir_all(&p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+fn into_io(e: PathError) -> io::Error {
+    match e {
+        PathError::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Resolves `path` inside `root`. With `clamp`, `..` at the root stays at the root (chroot
+/// semantics); without it, leaving the root is an error.
+pub fn resolve_in(root: &Path, path: &Path, clamp: bool) -> Result<PathBuf, PathError> {
+    let mut parts: Vec<std::ffi::OsString> = Vec::new();
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    push_components(&mut pending, path);
+    let mut followed = 0;
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            if parts.pop().is_none() && !clamp {
+                return Err(PathError::Escapes(path.display().to_string()));
+            }
+            continue;
+        }
+        if c == "." || c.is_empty() {
+            continue;
+        }
+        let candidate: PathBuf = root.join(parts.iter().collect::<PathBuf>()).join(&c);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => {
+                followed += 1;
+                if followed > MAX_SYMLINKS {
+                    return Err(PathError::Loop(path.display().to_string()));
+                }
+                let target = std::fs::read_link(&candidate)?;
+                if target.is_absolute() {
+                    parts.clear();
+                }
+                push_components(&mut pending, &target);
+            }
+            _ => parts.push(c),
+        }
+    }
+    Ok(root.join(parts.iter().collect::<PathBuf>()))
+}
+
+/// Pushes the components of `p` onto a stack so that the first component is popped first.
+fn push_components(stack: &mut Vec<std::ffi::OsString>, p: &Path) {
+    let comps: Vec<std::ffi::OsString> = p
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    stack.extend(comps.into_iter().rev());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotdot_clamps_at_root() {
+        let fs = GuestFs::temp().unwrap();
+        let p = fs.resolve("/../../etc/passwd").unwrap();
+        assert_eq!(p, fs.root().join("etc/passwd"));
+    }
+
+    #[test]
+    fn absolute_symlink_is_rerooted() {
+        let fs = GuestFs::temp().unwrap();
+        fs.mkdir_all("/a").unwrap();
+        std::os::unix::fs::symlink("/etc", fs.root().join("a/link")).unwrap();
+        assert_eq!(
+            fs.resolve("/a/link/passwd").unwrap(),
+            fs.root().join("etc/passwd")
+        );
+        std::os::unix::fs::symlink("../../../../..", fs.root().join("a/up")).unwrap();
+        assert_eq!(fs.resolve("/a/up/x").unwrap(), fs.root().join("x"));
+    }
+
+    #[test]
+    fn unclamped_resolution_rejects_escape() {
+        let fs = GuestFs::temp().unwrap();
+        assert!(matches!(
+            resolve_in(fs.root(), Path::new("a/../../x"), false),
+            Err(PathError::Escapes(_))
+        ));
+        assert_eq!(
+            resolve_in(fs.root(), Path::new("a/../x"), false).unwrap(),
+            fs.root().join("x")
+        );
+    }
+
+    #[test]
+    fn symlink_loop_is_an_error() {
+        let fs = GuestFs::temp().unwrap();
+        std::os::unix::fs::symlink("/l2", fs.root().join("l1")).unwrap();
+        std::os::unix::fs::symlink("/l1", fs.root().join("l2")).unwrap();
+        assert!(matches!(fs.resolve("/l1/x"), Err(PathError::Loop(_))));
+    }
+}

@@ -1,0 +1,312 @@
+//! [`SimAgent`]: the stateful guest agent behind both the in-process trait and the server.
+//!
+//! A call enters through [`AgentRpc`] (the server calls the same methods), is recorded in the
+//! [`Trace`], asks the [`FaultHook`] for a verdict, and then reaches the guest model in
+//! the `guest` module. The model answers with the real agent's statuses and messages.
+
+mod containers;
+pub mod fs;
+mod guest;
+pub mod process;
+pub mod program;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protobuf::well_known_types::empty::Empty;
+
+use crate::agent::HostState;
+use crate::error::{AgentError, Result, code_name};
+use crate::fault::{CallInfo, FaultHook, NoFaults, Verdict};
+use crate::profile::AgentVersion;
+use crate::protocols::{agent, csi, health, types};
+use crate::rpc::{AgentRpc, CallOpts, KeyFields, Method};
+use crate::trace::Trace;
+
+use guest::Guest;
+pub use guest::{GuestDetailsProfile, SandboxInfo};
+pub use program::{ProcessScript, SignalReaction};
+
+/// How to build a [`SimAgent`].
+#[derive(Debug, Clone, Default)]
+pub struct SimConfig {
+    /// The agent release to behave as (see [`crate::profile`]).
+    pub version: AgentVersion,
+    /// The host directory used as the guest's `/`; a temporary directory when `None`.
+    pub guest_root: Option<PathBuf>,
+    /// What `GetGuestDetails` and `Health.Version` report.
+    pub details: GuestDetailsProfile,
+    /// Whether the agent was built with `agent-policy` (then `SetPolicy` stores the policy;
+    /// without it `SetPolicy` answers NOT_FOUND as the real agent does).
+    pub policy_enabled: bool,
+    /// RPCs a policy denies: they answer PERMISSION_DENIED as a policy-enforcing agent does.
+    pub deny: Vec<Method>,
+}
+
+impl SimConfig {
+    /// The profile of an agent release: its version boundaries, and the version that
+    /// `GetGuestDetails` and `Health.Version` report.
+    pub fn for_version(version: AgentVersion) -> Self {
+        let details = GuestDetailsProfile {
+            agent_version: version.to_string(),
+            ..Default::default()
+        };
+        SimConfig {
+            version,
+            details,
+            ..Default::default()
+        }
+    }
+}
+
+/// Which processes a [`ProcessScript`] applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScriptMatch {
+    /// Only this container.
+    pub container_id: Option<String>,
+    /// Only this exec id (`""` or the container id for init processes).
+    pub exec_id: Option<String>,
+    /// Only processes whose `argv[0]` has this base name.
+    pub program: Option<String>,
+}
+
+impl ScriptMatch {
+    /// Every process of one container.
+    pub fn container(id: &str) -> Self {
+        ScriptMatch {
+            container_id: Some(id.into()),
+            ..Default::default()
+        }
+    }
+
+    /// One exec of one container.
+    pub fn exec(container_id: &str, exec_id: &str) -> Self {
+        ScriptMatch {
+            container_id: Some(container_id.into()),
+            exec_id: Some(exec_id.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Every process running a program of that name.
+    pub fn program(name: &str) -> Self {
+        ScriptMatch {
+            program: Some(name.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// A fake Kata guest agent. Cheap to clone; clones share the guest.
+#[derive(Clone, Debug)]
+pub struct SimAgent {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    guest: Arc<Guest>,
+    trace: Trace,
+    faults: std::sync::RwLock<Arc<dyn FaultHook>>,
+    host: HostState,
+}
+
+impl SimAgent {
+    /// A guest with the default profile (the current 4.1.0 agent) in a temporary root.
+    pub fn new() -> std::io::Result<Self> {
+        Self::with_config(SimConfig::default())
+    }
+
+    /// A guest built from `config`.
+    pub fn with_config(config: SimConfig) -> std::io::Result<Self> {
+        let trace = Trace::default();
+        let guest = Guest::new(config, trace.clone())?;
+        Ok(SimAgent {
+            inner: Arc::new(Inner {
+                guest: Arc::new(guest),
+                trace,
+                faults: std::sync::RwLock::new(Arc::new(NoFaults)),
+                host: HostState::new(None),
+            }),
+        })
+    }
+
+    /// The agent release this guest behaves as.
+    pub fn version(&self) -> AgentVersion {
+        self.inner.guest.config.version
+    }
+
+    /// The ordered record of every call.
+    pub fn trace(&self) -> &Trace {
+        &self.inner.trace
+    }
+
+    /// The host directory that is the guest's `/`.
+    pub fn guest_root(&self) -> PathBuf {
+        self.inner.guest.fs.root().to_path_buf()
+    }
+
+    /// Installs the fault hook every later call consults.
+    pub fn set_fault_hook(&self, hook: Arc<dyn FaultHook>) {
+        *self.inner.faults.write().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// Scripts the processes that `matcher` selects; later scripts win over earlier ones,
+    /// and every script wins over the built-in programs.
+    pub fn script(&self, matcher: ScriptMatch, script: ProcessScript) {
+        self.inner.guest.add_script(matcher, script);
+    }
+
+    /// Queues an OOM event for `container_id`, as the guest kernel's OOM notifier would.
+    pub fn push_oom_event(&self, container_id: &str) {
+        self.inner.guest.push_oom(container_id);
+    }
+
+    /// OOM-kills the init process of `container_id` (status 137) and queues its OOM event.
+    pub fn oom_kill(&self, container_id: &str) -> Result<()> {
+        self.inner.guest.oom_kill(container_id)
+    }
+
+    /// Writes the termination message of a container, as the container writing its
+    /// termination-message path would (into the guest file behind that mount).
+    pub fn write_termination_message(&self, container_id: &str, data: &[u8]) -> Result<()> {
+        self.inner
+            .guest
+            .write_termination_message(container_id, data)
+    }
+
+    /// Writes a guest file (any guest path, confined to the guest root).
+    pub fn write_guest_file(&self, guest_path: &str, data: &[u8]) -> std::io::Result<()> {
+        self.inner.guest.fs.write(guest_path, data)
+    }
+
+    /// Reads a guest file.
+    pub fn read_guest_file(&self, guest_path: &str) -> std::io::Result<Vec<u8>> {
+        self.inner.guest.fs.read(guest_path)
+    }
+
+    /// What `CreateSandbox` recorded, if it was called.
+    pub fn sandbox(&self) -> Option<SandboxInfo> {
+        self.inner.guest.sandbox()
+    }
+
+    /// Container ids in the guest, sorted.
+    pub fn container_ids(&self) -> Vec<String> {
+        self.inner.guest.container_ids()
+    }
+
+    /// Whether `DestroySandbox` ended the agent's service.
+    pub fn is_terminated(&self) -> bool {
+        self.inner.guest.is_terminated()
+    }
+
+    /// Resolves when the agent ends its service (after `DestroySandbox`).
+    pub async fn terminated(&self) {
+        self.inner.guest.terminated().await
+    }
+
+    async fn invoke<Req, Resp, F, Fut>(
+        &self,
+        method: Method,
+        opts: CallOpts,
+        req: Req,
+        model: F,
+    ) -> Result<Resp>
+    where
+        Req: KeyFields + protobuf::MessageFull + Send,
+        F: FnOnce(Arc<Guest>, Req, u64) -> Fut + Send,
+        Fut: std::future::Future<Output = Result<Resp>> + Send,
+    {
+        let fields = req.key_fields();
+        let seq = self
+            .inner
+            .trace
+            .begin(method.wire_name(), opts.conn, fields.clone());
+        let guest = Arc::clone(&self.inner.guest);
+        let result = if guest.is_terminated() {
+            Err(AgentError::ConnectionClosed)
+        } else if !guest.config.version.serves(method) {
+            // An agent older than the RPC answers it as ttrpc answers an unknown method.
+            Err(AgentError::status(
+                ttrpc::Code::UNIMPLEMENTED,
+                format!("{method} method"),
+            ))
+        } else {
+            let verdict = {
+                let hook = Arc::clone(&self.inner.faults.read().unwrap_or_else(|p| p.into_inner()));
+                hook.decide(&CallInfo {
+                    method,
+                    fields: &fields,
+                    conn: opts.conn,
+                })
+            };
+            if let Some(d) = verdict.describe() {
+                self.inner.trace.fault(seq, d);
+            }
+            let run = async {
+                match verdict {
+                    Verdict::Pass => {}
+                    Verdict::Fail(e) => return Err(e),
+                    Verdict::Delay(d) => tokio::time::sleep(d).await,
+                    Verdict::Hang => std::future::pending::<()>().await,
+                }
+                guest.check_policy(method, Req::descriptor().name())?;
+                model(Arc::clone(&guest), req, seq).await
+            };
+            match opts.timeout {
+                Some(t) if !t.is_zero() => {
+                    tokio::time::timeout(t, run).await.unwrap_or_else(|_| {
+                        Err(AgentError::Timeout {
+                            method: method.wire_name().into(),
+                        })
+                    })
+                }
+                _ => run.await,
+            }
+        };
+        match &result {
+            Ok(_) => self.inner.trace.end(seq, "OK", ""),
+            Err(AgentError::Status { code, message }) => {
+                self.inner.trace.end(seq, code_name(*code), message)
+            }
+            Err(AgentError::Timeout { .. }) => {
+                self.inner.trace.end(seq, "DEADLINE_EXCEEDED", "timeout")
+            }
+            Err(other) => self.inner.trace.end(seq, "CLOSED", &other.to_string()),
+        }
+        result
+    }
+}
+
+macro_rules! impl_sim_rpc {
+    ($(($snake:ident, $variant:ident, $svc:ident, $req:ty, $resp:ty)),* $(,)?) => {
+        #[async_trait::async_trait]
+        impl AgentRpc for SimAgent {
+            fn host(&self) -> &HostState {
+                &self.inner.host
+            }
+            $(
+                async fn $snake(&self, req: $req, opts: CallOpts) -> Result<$resp> {
+                    self.invoke(Method::$variant, opts, req, |g, r, seq| async move {
+                        g.$snake(r, seq).await
+                    })
+                    .await
+                }
+            )*
+        }
+    };
+}
+crate::for_each_rpc!(impl_sim_rpc);
+
+/// Unused but keeps the imports the macro expansion needs visible to readers.
+#[allow(dead_code)]
+fn _types(
+    _: Empty,
+    _: types::Interface,
+    _: csi::VolumeStatsResponse,
+    _: health::CheckRequest,
+    _: agent::OOMEvent,
+    _: Duration,
+) {
+}

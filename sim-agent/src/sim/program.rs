@@ -1,0 +1,242 @@
+//! What a guest process does: a script from the embedding test, or a built-in program.
+//!
+//! Scripts take precedence. Without one, the program is chosen by the base name of `argv[0]`
+//! (`/bin/echo` and `echo` are the same): `true`, `false`, `echo`, `sleep N`, `cat` (copies
+//! stdin to stdout), and `sh -c "exit N"`. Anything else runs until a signal ends it, like a
+//! pause container, and the trace notes which program was not understood.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::process::{Proc, Stream};
+
+/// How a process answers a catchable signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalReaction {
+    /// The kernel's default: terminate with 128 + signal; a container's pid 1 ignores
+    /// signals it has no handler for (so the agent turns its SIGTERM into SIGKILL).
+    #[default]
+    Default,
+    /// Ignore every catchable signal; only SIGKILL ends it.
+    Ignore,
+    /// Handle the signal by exiting with this code.
+    Exit(i32),
+}
+
+/// A scripted process, set by the embedding test.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcessScript {
+    /// Bytes written to stdout at start.
+    pub stdout: Vec<u8>,
+    /// Bytes written to stderr at start.
+    pub stderr: Vec<u8>,
+    /// Copy stdin to stdout until stdin closes, before exiting.
+    pub echo_stdin: bool,
+    /// How long it runs after writing; `None` runs until signalled.
+    pub run_time: Option<Duration>,
+    /// Its exit code when it ends on its own.
+    pub exit_code: i32,
+    /// How it reacts to catchable signals.
+    pub on_signal: SignalReaction,
+}
+
+impl ProcessScript {
+    /// A process that prints `stdout` and exits with `code` at once.
+    pub fn exits(code: i32) -> Self {
+        ProcessScript {
+            run_time: Some(Duration::ZERO),
+            exit_code: code,
+            ..Default::default()
+        }
+    }
+
+    /// Sets stdout.
+    pub fn stdout(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.stdout = data.into();
+        self
+    }
+
+    /// Sets stderr.
+    pub fn stderr(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.stderr = data.into();
+        self
+    }
+
+    /// Sets the run time (`None`: until signalled).
+    pub fn run_time(mut self, d: Option<Duration>) -> Self {
+        self.run_time = d;
+        self
+    }
+
+    /// Sets the signal reaction.
+    pub fn on_signal(mut self, r: SignalReaction) -> Self {
+        self.on_signal = r;
+        self
+    }
+
+    /// Echo stdin to stdout until it closes.
+    pub fn echo_stdin(mut self) -> Self {
+        self.echo_stdin = true;
+        self
+    }
+}
+
+/// What a process runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behaviour {
+    /// A script from the embedding test.
+    Script(ProcessScript),
+    /// A built-in program, with its argv.
+    Builtin(Vec<String>),
+}
+
+/// What a running program may touch besides its own process.
+#[derive(Clone)]
+pub struct ProgramCtx {
+    /// Called with a note for the trace (such as an unknown program).
+    pub note: Arc<dyn Fn(String) + Send + Sync>,
+}
+
+impl std::fmt::Debug for ProgramCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgramCtx").finish_non_exhaustive()
+    }
+}
+
+/// The base name of a program path: `/usr/bin/head` -> `head`.
+pub fn program_name(arg0: &str) -> &str {
+    arg0.rsplit('/').next().unwrap_or(arg0)
+}
+
+impl Behaviour {
+    /// The signal reaction the process starts with.
+    pub fn signal_reaction(&self) -> SignalReaction {
+        match self {
+            Behaviour::Script(s) => s.on_signal,
+            Behaviour::Builtin(_) => SignalReaction::Default,
+        }
+    }
+
+    /// Runs the program to its exit code. Signals end it from outside (the task is aborted).
+    pub async fn run(&self, proc: &Arc<Proc>, ctx: ProgramCtx) -> i32 {
+        match self {
+            Behaviour::Script(s) => run_script(s, proc).await,
+            Behaviour::Builtin(args) => run_builtin(args, proc, &ctx).await,
+        }
+    }
+}
+
+async fn run_script(s: &ProcessScript, proc: &Arc<Proc>) -> i32 {
+    if !s.stdout.is_empty() {
+        proc.write_output(Stream::Stdout, &s.stdout);
+    }
+    if !s.stderr.is_empty() {
+        proc.write_output(Stream::Stderr, &s.stderr);
+    }
+    if s.echo_stdin {
+        copy_stdin(proc).await;
+    }
+    match s.run_time {
+        Some(d) if d.is_zero() => {}
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending::<()>().await,
+    }
+    s.exit_code
+}
+
+async fn copy_stdin(proc: &Arc<Proc>) {
+    while let Some(chunk) = proc.read_stdin(32 * 1024).await {
+        proc.write_output(Stream::Stdout, &chunk);
+    }
+}
+
+async fn run_builtin(args: &[String], proc: &Arc<Proc>, ctx: &ProgramCtx) -> i32 {
+    let Some(arg0) = args.first() else {
+        (ctx.note)("empty argv: runs until signalled".into());
+        return std::future::pending().await;
+    };
+    let rest = &args[1..];
+    match program_name(arg0) {
+        "true" => 0,
+        "false" => 1,
+        "echo" => {
+            let (newline, words) = match rest.first().map(String::as_str) {
+                Some("-n") => (false, &rest[1..]),
+                _ => (true, rest),
+            };
+            let mut out = words.join(" ");
+            if newline {
+                out.push('\n');
+            }
+            proc.write_output(Stream::Stdout, out.as_bytes());
+            0
+        }
+        "sleep" => match rest.first().and_then(|s| s.parse::<f64>().ok()) {
+            Some(secs) if secs >= 0.0 && secs.is_finite() => {
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                0
+            }
+            _ => {
+                proc.write_output(Stream::Stderr, b"sleep: invalid number\n");
+                1
+            }
+        },
+        "cat" if rest.is_empty() => {
+            copy_stdin(proc).await;
+            0
+        }
+        "sh" | "bash" | "ash" if rest.first().map(String::as_str) == Some("-c") => {
+            let script = rest.get(1).map(String::as_str).unwrap_or("");
+            match parse_exit(script) {
+                Some(code) => code,
+                None => {
+                    (ctx.note)(format!(
+                        "sh -c {script:?} is not understood: runs until signalled"
+                    ));
+                    std::future::pending().await
+                }
+            }
+        }
+        other => {
+            (ctx.note)(format!(
+                "program {other:?} is not understood: runs until signalled"
+            ));
+            std::future::pending().await
+        }
+    }
+}
+
+/// `exit N` (or `exit`) as a whole script.
+fn parse_exit(script: &str) -> Option<i32> {
+    let mut words = script.split_whitespace();
+    if words.next()? != "exit" {
+        return None;
+    }
+    let code = match words.next() {
+        None => 0,
+        Some(n) => n.parse::<i64>().ok()?.rem_euclid(256) as i32,
+    };
+    words.next().is_none().then_some(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_scripts_parse_like_sh() {
+        assert_eq!(parse_exit("exit 3"), Some(3));
+        assert_eq!(parse_exit("  exit  "), Some(0));
+        assert_eq!(parse_exit("exit 256"), Some(0));
+        assert_eq!(parse_exit("exit -1"), Some(255));
+        assert_eq!(parse_exit("exit 3; echo"), None);
+        assert_eq!(parse_exit("echo hi"), None);
+    }
+
+    #[test]
+    fn program_names_ignore_the_path() {
+        assert_eq!(program_name("/usr/bin/head"), "head");
+        assert_eq!(program_name("echo"), "echo");
+    }
+}

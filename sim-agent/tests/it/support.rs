@@ -1,0 +1,185 @@
+//! Helpers shared by the integration tests: servers on temp sockets, a raw ttrpc client,
+//! and realistic requests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use protobuf::Message;
+use sim_agent::protocols::{agent, oci};
+use sim_agent::{AgentServer, SimAgent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// A server on a fresh temp directory, listening on `scheme://DIR/agent.sock`.
+pub struct TestServer {
+    pub _dir: tempfile::TempDir,
+    pub server: AgentServer,
+    pub path: PathBuf,
+}
+
+impl TestServer {
+    pub async fn start(agent: SimAgent, scheme: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let url = format!("{scheme}://{}", path.display());
+        let server = AgentServer::bind(agent, &[url]).await.unwrap();
+        TestServer {
+            _dir: dir,
+            server,
+            path,
+        }
+    }
+
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://{}", self.path.display())
+    }
+}
+
+/// A ttrpc client that writes frames by hand, for replay and malformed-input tests.
+pub struct RawClient {
+    pub stream: UnixStream,
+}
+
+/// A decoded response frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawResponse {
+    pub stream_id: u32,
+    pub code: i32,
+    pub message: String,
+    pub payload: Vec<u8>,
+}
+
+impl RawClient {
+    pub async fn connect(path: &std::path::Path) -> RawClient {
+        RawClient {
+            stream: UnixStream::connect(path).await.unwrap(),
+        }
+    }
+
+    pub async fn send_frame(&mut self, stream_id: u32, kind: u8, payload: &[u8]) {
+        let mut f = Vec::new();
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(&stream_id.to_be_bytes());
+        f.push(kind);
+        f.push(0);
+        f.extend_from_slice(payload);
+        self.stream.write_all(&f).await.unwrap();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_request(
+        &mut self,
+        stream_id: u32,
+        service: &str,
+        method: &str,
+        payload: Vec<u8>,
+        timeout_nano: i64,
+        metadata: &[(String, String)],
+    ) {
+        let mut req = ttrpc::Request::new();
+        req.service = service.into();
+        req.method = method.into();
+        req.payload = payload;
+        req.timeout_nano = timeout_nano;
+        for (k, v) in metadata {
+            let mut kv = ttrpc::proto::KeyValue::new();
+            kv.key = k.clone();
+            kv.value = v.clone();
+            req.metadata.push(kv);
+        }
+        self.send_frame(stream_id, 1, &req.write_to_bytes().unwrap())
+            .await;
+    }
+
+    /// Reads one response frame; `None` when the server closed the connection.
+    pub async fn read_response(&mut self) -> Option<RawResponse> {
+        let mut h = [0u8; 10];
+        self.stream.read_exact(&mut h).await.ok()?;
+        let len = u32::from_be_bytes(h[0..4].try_into().unwrap()) as usize;
+        let stream_id = u32::from_be_bytes(h[4..8].try_into().unwrap());
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).await.ok()?;
+        let resp = ttrpc::Response::parse_from_bytes(&body).unwrap();
+        let status = resp.status.clone().unwrap_or_default();
+        Some(RawResponse {
+            stream_id,
+            code: status.code.value(),
+            message: status.message.clone(),
+            payload: resp.payload,
+        })
+    }
+}
+
+/// An OCI spec like the Go shim's for `ctr run ... ARGS` (capabilities present, no PATH).
+pub fn spec(cid: &str, args: &[&str]) -> oci::Spec {
+    let caps = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        .map(String::from)
+        .to_vec();
+    let capabilities = oci::LinuxCapabilities {
+        Bounding: caps.clone(),
+        Effective: caps.clone(),
+        Permitted: caps,
+        ..Default::default()
+    };
+    let process = oci::Process {
+        Args: args.iter().map(|s| s.to_string()).collect(),
+        Env: vec!["HOSTNAME=vm".into()],
+        Cwd: "/".into(),
+        Capabilities: Some(capabilities).into(),
+        NoNewPrivileges: true,
+        ..Default::default()
+    };
+    oci::Spec {
+        Version: "1.1.0".into(),
+        Process: Some(process).into(),
+        Root: Some(oci::Root {
+            Path: format!("/run/kata-containers/shared/containers/{cid}/rootfs"),
+            ..Default::default()
+        })
+        .into(),
+        Mounts: vec![oci::Mount {
+            destination: "/proc".into(),
+            source: "proc".into(),
+            type_: "proc".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A CreateContainer request for `args`, exec id = container id as the Go shim sends.
+pub fn create_req(cid: &str, args: &[&str]) -> agent::CreateContainerRequest {
+    agent::CreateContainerRequest {
+        container_id: cid.into(),
+        exec_id: cid.into(),
+        OCI: Some(spec(cid, args)).into(),
+        ..Default::default()
+    }
+}
+
+/// Adds a termination-message mount and annotation to a request.
+pub fn with_termination_log(
+    mut req: agent::CreateContainerRequest,
+    source: &str,
+) -> agent::CreateContainerRequest {
+    let spec = req.OCI.as_mut().unwrap();
+    spec.Annotations.insert(
+        "io.kubernetes.container.terminationMessagePath".into(),
+        "/dev/termination-log".into(),
+    );
+    spec.Mounts.push(oci::Mount {
+        destination: "/dev/termination-log".into(),
+        source: source.into(),
+        type_: "bind".into(),
+        options: vec!["rbind".into(), "rw".into()],
+        ..Default::default()
+    });
+    req
+}
+
+/// Bounds a future in tests that must not hang.
+pub async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("test step timed out")
+}
