@@ -57,7 +57,12 @@ async fn main() -> anyhow::Result<()> {
             let server = AgentServer::bind(agent.clone(), &listen).await?;
             tokio::select! {
                 r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-                _ = agent.terminated() => tracing::info!("DestroySandbox: the agent ends its service"),
+                _ = agent.terminated() => {
+                    tracing::info!("DestroySandbox: the agent ends its service");
+                    // Every connection answers its calls in flight, then closes by itself.
+                    server.drain(std::time::Duration::from_secs(5)).await;
+                    tracing::debug!("connections drained");
+                }
             }
             server.shutdown().await;
             tracing::info!("stopped");

@@ -50,6 +50,8 @@ const TERMINATION_GRACE: Duration = Duration::from_secs(1);
 struct Shared {
     next_conn: AtomicU64,
     conns: Mutex<BTreeMap<u64, watch::Sender<bool>>>,
+    /// Signalled whenever a connection closes.
+    closed: tokio::sync::Notify,
 }
 
 /// A running sim-agent server.
@@ -126,6 +128,23 @@ impl AgentServer {
             .len()
     }
 
+    /// Waits until every connection has closed by itself (after `DestroySandbox` each one
+    /// answers its calls in flight, then closes), or until `limit` passes.
+    pub async fn drain(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let closed = self.shared.closed.notified();
+                tokio::pin!(closed);
+                closed.as_mut().enable();
+                if self.connection_count() == 0 {
+                    return;
+                }
+                closed.await;
+            }
+        })
+        .await;
+    }
+
     /// Stops accepting, closes every connection, waits for their tasks and removes the
     /// socket files.
     pub async fn shutdown(mut self) {
@@ -190,6 +209,7 @@ async fn hybrid_connection(ctx: ConnCtx, mut conn: BoxConn) {
     match accept_handshake(&mut conn).await {
         Ok(AGENT_PORT) => run_connection(ctx, conn).await,
         Ok(LOG_PORT) => {
+            tracing::debug!("log forwarder connected on port {LOG_PORT}");
             // runtime-rs's log forwarder only reads; keep it open, silent, until it closes.
             let mut shutdown = ctx.shutdown.clone();
             let mut sink = [0u8; 512];
@@ -265,6 +285,7 @@ async fn run_connection(ctx: ConnCtx, conn: BoxConn) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&id);
+    ctx.shared.closed.notify_waiters();
     tracing::debug!(conn = id, "connection closed");
 }
 

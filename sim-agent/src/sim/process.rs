@@ -123,6 +123,9 @@ impl Proc {
         }
         inner.status = ProcStatus::Running;
         inner.reaction = behaviour.signal_reaction();
+        if let Some(why) = behaviour.not_understood() {
+            (ctx.note)(why);
+        }
         let me = Arc::clone(self);
         let handle = tokio::spawn(async move {
             let code = behaviour.run(&me, ctx).await;

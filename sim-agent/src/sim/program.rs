@@ -118,11 +118,36 @@ impl Behaviour {
         }
     }
 
+    /// Why the built-ins cannot run this program, if they cannot (it then runs until
+    /// signalled). Scripts are always understood.
+    pub fn not_understood(&self) -> Option<String> {
+        let Behaviour::Builtin(args) = self else {
+            return None;
+        };
+        let Some(arg0) = args.first() else {
+            return Some("empty argv: runs until signalled".into());
+        };
+        let rest = &args[1..];
+        match program_name(arg0) {
+            "true" | "false" | "echo" | "sleep" => None,
+            "cat" if rest.is_empty() => None,
+            "sh" | "bash" | "ash" if rest.first().map(String::as_str) == Some("-c") => {
+                let script = rest.get(1).map(String::as_str).unwrap_or("");
+                parse_exit(script)
+                    .is_none()
+                    .then(|| format!("sh -c {script:?} is not understood: runs until signalled"))
+            }
+            other => Some(format!(
+                "program {other:?} is not understood: runs until signalled"
+            )),
+        }
+    }
+
     /// Runs the program to its exit code. Signals end it from outside (the task is aborted).
-    pub async fn run(&self, proc: &Arc<Proc>, ctx: ProgramCtx) -> i32 {
+    pub async fn run(&self, proc: &Arc<Proc>, _ctx: ProgramCtx) -> i32 {
         match self {
             Behaviour::Script(s) => run_script(s, proc).await,
-            Behaviour::Builtin(args) => run_builtin(args, proc, &ctx).await,
+            Behaviour::Builtin(args) => run_builtin(args, proc).await,
         }
     }
 }
@@ -151,9 +176,9 @@ async fn copy_stdin(proc: &Arc<Proc>) {
     }
 }
 
-async fn run_builtin(args: &[String], proc: &Arc<Proc>, ctx: &ProgramCtx) -> i32 {
+/// Runs a built-in; what [`Behaviour::not_understood`] rejects runs until signalled.
+async fn run_builtin(args: &[String], proc: &Arc<Proc>) -> i32 {
     let Some(arg0) = args.first() else {
-        (ctx.note)("empty argv: runs until signalled".into());
         return std::future::pending().await;
     };
     let rest = &args[1..];
@@ -190,20 +215,10 @@ async fn run_builtin(args: &[String], proc: &Arc<Proc>, ctx: &ProgramCtx) -> i32
             let script = rest.get(1).map(String::as_str).unwrap_or("");
             match parse_exit(script) {
                 Some(code) => code,
-                None => {
-                    (ctx.note)(format!(
-                        "sh -c {script:?} is not understood: runs until signalled"
-                    ));
-                    std::future::pending().await
-                }
+                None => std::future::pending().await,
             }
         }
-        other => {
-            (ctx.note)(format!(
-                "program {other:?} is not understood: runs until signalled"
-            ));
-            std::future::pending().await
-        }
+        _ => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,8 @@
 //! sim-agent's integration tests, one binary (see ARCHITECTURE.md, "Testing").
 
+mod binary;
 mod conformance;
+mod model;
 mod replay;
 mod support;
 mod wire;
