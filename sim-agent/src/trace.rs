@@ -50,12 +50,7 @@ impl Trace {
     }
 
     /// Records the arrival of a call; returns its sequence number.
-    pub fn begin(
-        &self,
-        method: &str,
-        conn: Option<u64>,
-        fields: Vec<(&'static str, String)>,
-    ) -> u64 {
+    pub fn begin(&self, method: &str, conn: Option<u64>, fields: &[(&'static str, String)]) -> u64 {
         let mut events = self.lock();
         let seq = events.len() as u64;
         events.push(TraceEvent {
@@ -63,8 +58,8 @@ impl Trace {
             conn,
             method: method.to_string(),
             fields: fields
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             status: "PENDING".into(),
             message: String::new(),

@@ -46,6 +46,13 @@ pub enum ServerError {
 /// service (DestroySandbox), before it closes anyway.
 const TERMINATION_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a connection stays open after its last answer once the agent ended its service,
+/// unless the peer hangs up first. The real agent exits a fraction of a millisecond after its
+/// DestroySandbox reply; closing in the same instant instead loses that reply in ttrpc-rust
+/// 0.9's client (runtime-rs), whose reader fails every pending call on EOF before a task it
+/// spawned has delivered the answer that arrived just before.
+const TERMINATION_LINGER: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Default)]
 struct Shared {
     next_conn: AtomicU64,
@@ -276,6 +283,9 @@ async fn run_connection(ctx: ConnCtx, conn: BoxConn) {
             while handlers.join_next().await.is_some() {}
         })
         .await;
+        // The answers are written; give the client time to take them before the close.
+        // Anything it still sends meets a closing agent, as it would on a real guest.
+        let _ = tokio::time::timeout(TERMINATION_LINGER, read_frame(&mut reader)).await;
     }
     handlers.shutdown().await;
     drop(tx);

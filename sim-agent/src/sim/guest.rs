@@ -12,7 +12,7 @@ use ttrpc::Code;
 
 use super::fs::{GuestFs, SHARED_CONTAINERS_DIR, resolve_in};
 use super::process::Proc;
-use super::program::{Behaviour, ProcessScript, ProgramCtx, program_name};
+use super::program::{Behaviour, Builtin, ProcessScript, ProgramCtx, program_name};
 use super::{ScriptMatch, SimConfig};
 use crate::error::{AgentError, Result};
 use crate::protocols::{agent, csi, health, oci, types};
@@ -215,7 +215,7 @@ impl Guest {
         });
         match found {
             Some((_, s)) => Behaviour::Script(s.clone()),
-            None => Behaviour::Builtin(args.to_vec()),
+            None => Behaviour::Builtin(Builtin::parse(args)),
         }
     }
 

@@ -222,7 +222,7 @@ impl SimAgent {
         let seq = self
             .inner
             .trace
-            .begin(method.wire_name(), opts.conn, fields.clone());
+            .begin(method.wire_name(), opts.conn, &fields);
         let guest = Arc::clone(&self.inner.guest);
         let result = if guest.is_terminated() {
             Err(AgentError::ConnectionClosed)

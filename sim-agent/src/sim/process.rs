@@ -124,11 +124,11 @@ impl Proc {
         inner.status = ProcStatus::Running;
         inner.reaction = behaviour.signal_reaction();
         if let Some(why) = behaviour.not_understood() {
-            (ctx.note)(why);
+            (ctx.note)(why.to_string());
         }
         let me = Arc::clone(self);
         let handle = tokio::spawn(async move {
-            let code = behaviour.run(&me, ctx).await;
+            let code = behaviour.run(&me).await;
             me.exit(code);
         });
         inner.task = Some(handle.abort_handle());

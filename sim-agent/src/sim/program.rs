@@ -87,11 +87,74 @@ impl ProcessScript {
 pub enum Behaviour {
     /// A script from the embedding test.
     Script(ProcessScript),
-    /// A built-in program, with its argv.
-    Builtin(Vec<String>),
+    /// A built-in program, parsed from its argv.
+    Builtin(Builtin),
 }
 
-/// What a running program may touch besides its own process.
+/// The built-in programs, parsed once from argv: running and diagnosing share one parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Builtin {
+    /// `true`.
+    True,
+    /// `false`.
+    False,
+    /// `echo [-n] WORDS`: the bytes it prints.
+    Echo(Vec<u8>),
+    /// `sleep N`; `None` for an argument that is not a number (busybox then exits 1).
+    Sleep(Option<Duration>),
+    /// `cat` with no file: stdin to stdout.
+    Cat,
+    /// `sh -c "exit N"`.
+    Exit(i32),
+    /// Anything else: runs until signalled. The text says which word was not understood.
+    Unknown(String),
+}
+
+impl Builtin {
+    /// Parses argv; `argv[0]` is matched by base name (`/bin/echo` is `echo`).
+    pub fn parse(args: &[String]) -> Builtin {
+        let Some(arg0) = args.first() else {
+            return Builtin::Unknown("empty argv: runs until signalled".into());
+        };
+        let rest = &args[1..];
+        match program_name(arg0) {
+            "true" => Builtin::True,
+            "false" => Builtin::False,
+            "echo" => {
+                let (newline, words) = match rest.first().map(String::as_str) {
+                    Some("-n") => (false, &rest[1..]),
+                    _ => (true, rest),
+                };
+                let mut out = words.join(" ");
+                if newline {
+                    out.push('\n');
+                }
+                Builtin::Echo(out.into_bytes())
+            }
+            "sleep" => Builtin::Sleep(
+                rest.first()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .filter(|secs| *secs >= 0.0 && secs.is_finite())
+                    .map(Duration::from_secs_f64),
+            ),
+            "cat" if rest.is_empty() => Builtin::Cat,
+            "sh" | "bash" | "ash" if rest.first().map(String::as_str) == Some("-c") => {
+                let script = rest.get(1).map(String::as_str).unwrap_or("");
+                match parse_exit(script) {
+                    Some(code) => Builtin::Exit(code),
+                    None => Builtin::Unknown(format!(
+                        "sh -c {script:?} is not understood: runs until signalled"
+                    )),
+                }
+            }
+            other => Builtin::Unknown(format!(
+                "program {other:?} is not understood: runs until signalled"
+            )),
+        }
+    }
+}
+
+/// What a starting program reports to besides its own process (the trace).
 #[derive(Clone)]
 pub struct ProgramCtx {
     /// Called with a note for the trace (such as an unknown program).
@@ -120,34 +183,18 @@ impl Behaviour {
 
     /// Why the built-ins cannot run this program, if they cannot (it then runs until
     /// signalled). Scripts are always understood.
-    pub fn not_understood(&self) -> Option<String> {
-        let Behaviour::Builtin(args) = self else {
-            return None;
-        };
-        let Some(arg0) = args.first() else {
-            return Some("empty argv: runs until signalled".into());
-        };
-        let rest = &args[1..];
-        match program_name(arg0) {
-            "true" | "false" | "echo" | "sleep" => None,
-            "cat" if rest.is_empty() => None,
-            "sh" | "bash" | "ash" if rest.first().map(String::as_str) == Some("-c") => {
-                let script = rest.get(1).map(String::as_str).unwrap_or("");
-                parse_exit(script)
-                    .is_none()
-                    .then(|| format!("sh -c {script:?} is not understood: runs until signalled"))
-            }
-            other => Some(format!(
-                "program {other:?} is not understood: runs until signalled"
-            )),
+    pub fn not_understood(&self) -> Option<&str> {
+        match self {
+            Behaviour::Builtin(Builtin::Unknown(why)) => Some(why),
+            _ => None,
         }
     }
 
     /// Runs the program to its exit code. Signals end it from outside (the task is aborted).
-    pub async fn run(&self, proc: &Arc<Proc>, _ctx: ProgramCtx) -> i32 {
+    pub async fn run(&self, proc: &Arc<Proc>) -> i32 {
         match self {
             Behaviour::Script(s) => run_script(s, proc).await,
-            Behaviour::Builtin(args) => run_builtin(args, proc).await,
+            Behaviour::Builtin(b) => run_builtin(b, proc).await,
         }
     }
 }
@@ -176,49 +223,28 @@ async fn copy_stdin(proc: &Arc<Proc>) {
     }
 }
 
-/// Runs a built-in; what [`Behaviour::not_understood`] rejects runs until signalled.
-async fn run_builtin(args: &[String], proc: &Arc<Proc>) -> i32 {
-    let Some(arg0) = args.first() else {
-        return std::future::pending().await;
-    };
-    let rest = &args[1..];
-    match program_name(arg0) {
-        "true" => 0,
-        "false" => 1,
-        "echo" => {
-            let (newline, words) = match rest.first().map(String::as_str) {
-                Some("-n") => (false, &rest[1..]),
-                _ => (true, rest),
-            };
-            let mut out = words.join(" ");
-            if newline {
-                out.push('\n');
-            }
-            proc.write_output(Stream::Stdout, out.as_bytes());
+async fn run_builtin(b: &Builtin, proc: &Arc<Proc>) -> i32 {
+    match b {
+        Builtin::True => 0,
+        Builtin::False => 1,
+        Builtin::Echo(out) => {
+            proc.write_output(Stream::Stdout, out);
             0
         }
-        "sleep" => match rest.first().and_then(|s| s.parse::<f64>().ok()) {
-            Some(secs) if secs >= 0.0 && secs.is_finite() => {
-                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-                0
-            }
-            _ => {
-                proc.write_output(Stream::Stderr, b"sleep: invalid number\n");
-                1
-            }
-        },
-        "cat" if rest.is_empty() => {
+        Builtin::Sleep(Some(d)) => {
+            tokio::time::sleep(*d).await;
+            0
+        }
+        Builtin::Sleep(None) => {
+            proc.write_output(Stream::Stderr, b"sleep: invalid number\n");
+            1
+        }
+        Builtin::Cat => {
             copy_stdin(proc).await;
             0
         }
-        "sh" | "bash" | "ash" if rest.first().map(String::as_str) == Some("-c") => {
-            let script = rest.get(1).map(String::as_str).unwrap_or("");
-            match parse_exit(script) {
-                Some(code) => code,
-                None => std::future::pending().await,
-            }
-        }
-        _ => std::future::pending().await,
+        Builtin::Exit(code) => *code,
+        Builtin::Unknown(_) => std::future::pending().await,
     }
 }
 
@@ -247,6 +273,34 @@ mod tests {
         assert_eq!(parse_exit("exit -1"), Some(255));
         assert_eq!(parse_exit("exit 3; echo"), None);
         assert_eq!(parse_exit("echo hi"), None);
+    }
+
+    #[test]
+    fn builtins_parse_once_for_running_and_diagnosing() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            Builtin::parse(&argv(&["/bin/echo", "-n", "a", "b"])),
+            Builtin::Echo(b"a b".to_vec())
+        );
+        assert_eq!(Builtin::parse(&argv(&["sleep", "x"])), Builtin::Sleep(None));
+        assert_eq!(
+            Builtin::parse(&argv(&["/bin/sh", "-c", "exit 3"])),
+            Builtin::Exit(3)
+        );
+        assert_eq!(
+            Builtin::parse(&argv(&["cat", "/etc/hosts"])),
+            Builtin::Unknown("program \"cat\" is not understood: runs until signalled".into())
+        );
+        assert!(
+            Behaviour::Builtin(Builtin::parse(&argv(&["/pause"])))
+                .not_understood()
+                .is_some()
+        );
+        assert!(
+            Behaviour::Script(ProcessScript::exits(0))
+                .not_understood()
+                .is_none()
+        );
     }
 
     #[test]

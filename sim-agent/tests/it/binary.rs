@@ -40,7 +40,7 @@ async fn serve_answers_destroy_sandbox_then_exits_and_cleans_up() {
         assert_eq!(mode & 0o777, 0o600);
         let a = RemoteAgent::connect_with(&url, true).await.unwrap();
         a.check().await.unwrap();
-        // Several rounds: the reply must never be lost to the shutdown that follows it.
+        // The reply must not be lost to the shutdown that follows it.
         a.stop_sandbox()
             .await
             .unwrap_or_else(|e| panic!("{scheme}: DestroySandbox reply lost: {e}"));

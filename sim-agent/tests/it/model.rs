@@ -28,16 +28,12 @@ async fn pre_3_29_agents_answer_get_diagnostic_data_as_an_unknown_method() {
     // On the wire, exactly as ttrpc answers a method it does not have.
     let srv = TestServer::start(SimAgent::with_config(old("3.28.0")).unwrap(), "unix").await;
     let mut raw = RawClient::connect(&srv.path).await;
-    raw.send_request(1, "grpc.AgentService", "GetDiagnosticData", vec![], 0, &[])
-        .await;
-    let r = bounded(raw.read_response()).await.unwrap();
+    let r = raw.call(1, "grpc.AgentService", "GetDiagnosticData").await;
     assert_eq!(
-        (r.code, r.message.as_str()),
+        r.status(),
         (Code::UNIMPLEMENTED as i32, "GetDiagnosticData method")
     );
-    raw.send_request(3, "grpc.AgentService", "NoSuchMethod", vec![], 0, &[])
-        .await;
-    let unknown = bounded(raw.read_response()).await.unwrap();
+    let unknown = raw.call(3, "grpc.AgentService", "NoSuchMethod").await;
     assert_eq!(unknown.code, r.code);
     // The current agent has it.
     let cur = SimAgent::new().unwrap();

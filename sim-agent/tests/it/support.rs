@@ -49,6 +49,13 @@ pub struct RawResponse {
     pub payload: Vec<u8>,
 }
 
+impl RawResponse {
+    /// `(code, message)`, for one-line assertions.
+    pub fn status(&self) -> (i32, &str) {
+        (self.code, self.message.as_str())
+    }
+}
+
 impl RawClient {
     pub async fn connect(path: &std::path::Path) -> RawClient {
         RawClient {
@@ -89,6 +96,18 @@ impl RawClient {
         }
         self.send_frame(stream_id, 1, &req.write_to_bytes().unwrap())
             .await;
+    }
+
+    /// Sends an empty request with no deadline and reads the next answer, which must come
+    /// (within the test bound) and must be for that stream.
+    pub async fn call(&mut self, stream_id: u32, service: &str, method: &str) -> RawResponse {
+        self.send_request(stream_id, service, method, vec![], 0, &[])
+            .await;
+        let r = bounded(self.read_response())
+            .await
+            .expect("the server closed the connection");
+        assert_eq!(r.stream_id, stream_id, "an answer for another stream");
+        r
     }
 
     /// Reads one response frame; `None` when the server closed the connection.
