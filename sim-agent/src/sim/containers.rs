@@ -16,6 +16,11 @@ use crate::protocols::{agent, oci};
 static ID_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$").expect("valid regex"));
 
+/// The directories of a busybox image's rootfs, presented when no rootfs was provided.
+const IMAGE_SKELETON: &[&str] = &[
+    "bin", "dev", "etc", "home", "proc", "root", "sys", "tmp", "usr/bin", "var",
+];
+
 fn invalid_container_internal() -> AgentError {
     AgentError::internal("Invalid container id")
 }
@@ -85,7 +90,15 @@ impl Guest {
             }
         }
         if let Some(root) = spec.Root.as_ref().filter(|r| !r.Path.is_empty()) {
-            self.fs.mkdir_all(&root.Path).map_err(io_internal)?;
+            // Nothing is pulled or mounted: a missing rootfs is presented as an empty busybox
+            // image (its directories), so that one-liners writing to /tmp work as on a guest.
+            if !self.fs.exists(&root.Path) {
+                for dir in IMAGE_SKELETON {
+                    self.fs
+                        .mkdir_all(&format!("{}/{dir}", root.Path))
+                        .map_err(io_internal)?;
+                }
+            }
         }
         let mut st = self.lock();
         let pid = Guest::alloc_pid(&mut st);
@@ -133,11 +146,12 @@ impl Guest {
             }
             c.status = ContainerStatus::Running;
             let p = c.processes.values().find(|p| p.pid == c.init_pid).cloned();
-            (p, c.spec.Process.Args.clone())
+            let ctx = self.program_ctx(seq, &c.spec, &c.spec.Process.Cwd, c.init_pid);
+            (p.map(|p| (p, ctx)), c.spec.Process.Args.clone())
         };
-        if let Some(p) = proc {
+        if let Some((p, ctx)) = proc {
             let behaviour = self.behaviour_for(&cid, &p.exec_id, &args);
-            p.start(behaviour, self.program_ctx(seq));
+            p.start(behaviour, ctx);
         }
         Ok(Empty::new())
     }
@@ -170,10 +184,11 @@ impl Guest {
                 process.Args.clone(),
             ));
             c.processes.insert(req.exec_id.clone(), Arc::clone(&p));
-            p
+            (p, self.program_ctx(seq, &c.spec, &process.Cwd, pid))
         };
+        let (proc, ctx) = proc;
         let behaviour = self.behaviour_for(&req.container_id, &req.exec_id, &process.Args);
-        proc.start(behaviour, self.program_ctx(seq));
+        proc.start(behaviour, ctx);
         Ok(Empty::new())
     }
 

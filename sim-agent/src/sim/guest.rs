@@ -13,6 +13,7 @@ use ttrpc::Code;
 use super::fs::{GuestFs, SHARED_CONTAINERS_DIR, resolve_in};
 use super::process::Proc;
 use super::program::{Behaviour, Builtin, ProcessScript, ProgramCtx, program_name};
+use super::shell::{ContainerView, MountView};
 use super::{ScriptMatch, SimConfig};
 use crate::error::{AgentError, Result};
 use crate::protocols::{agent, csi, health, oci, types};
@@ -219,10 +220,38 @@ impl Guest {
         }
     }
 
-    pub fn program_ctx(&self, seq: u64) -> ProgramCtx {
+    /// What a process of this container starts with: the trace, the container's view of the
+    /// guest filesystem (its rootfs and bind mounts), and a seed derived from its pid.
+    pub fn program_ctx(&self, seq: u64, spec: &oci::Spec, cwd: &str, pid: u32) -> ProgramCtx {
         let trace = self.trace.clone();
+        let rootfs = spec
+            .Root
+            .as_ref()
+            .map(|r| r.Path.clone())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".into());
+        let mounts = spec
+            .Mounts
+            .iter()
+            .map(|m| MountView {
+                destination: m.destination.clone(),
+                source: m.source.clone(),
+                bind: m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind"),
+            })
+            .collect();
         ProgramCtx {
             note: Arc::new(move |n| trace.note(seq, n)),
+            view: ContainerView {
+                guest_root: self.fs.root().to_path_buf(),
+                rootfs,
+                mounts,
+                cwd: if cwd.is_empty() {
+                    "/".into()
+                } else {
+                    cwd.into()
+                },
+            },
+            seed: mix_seed(self.config.seed, u64::from(pid)),
         }
     }
 
@@ -885,4 +914,13 @@ pub(crate) fn copy_file(fs: &GuestFs, req: &agent::CopyFileRequest) -> Result<()
     std::fs::rename(&tmp, &target)
         .map_err(|e| AgentError::internal(format!("renameat\n\nCaused by:\n    {e}")))?;
     Ok(())
+}
+
+/// Derives an independent seed for one consumer (a process's `/dev/urandom`) from the run's
+/// seed (splitmix64's finaliser over both).
+pub fn mix_seed(seed: u64, salt: u64) -> u64 {
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

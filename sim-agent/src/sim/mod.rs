@@ -9,6 +9,7 @@ pub mod fs;
 mod guest;
 pub mod process;
 pub mod program;
+pub mod shell;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct SimConfig {
     pub policy_enabled: bool,
     /// RPCs a policy denies: they answer PERMISSION_DENIED as a policy-enforcing agent does.
     pub deny: Vec<Method>,
+    /// The seed of every random choice the guest makes (such as `/dev/urandom`).
+    pub seed: u64,
 }
 
 impl SimConfig {

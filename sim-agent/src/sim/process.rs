@@ -128,7 +128,7 @@ impl Proc {
         }
         let me = Arc::clone(self);
         let handle = tokio::spawn(async move {
-            let code = behaviour.run(&me).await;
+            let code = behaviour.run(&me, &ctx).await;
             me.exit(code);
         });
         inner.task = Some(handle.abort_handle());
@@ -198,6 +198,37 @@ impl Proc {
         self.changed.notify_waiters();
     }
 
+    /// Appends program output, waiting while `capacity` bytes or more are unread (a pipe
+    /// that is full blocks its writer). Returns at once when the process has exited.
+    pub async fn write_output_paced(&self, stream: Stream, mut data: &[u8], capacity: usize) {
+        while !data.is_empty() {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                if matches!(inner.status, ProcStatus::Exited(_)) {
+                    return;
+                }
+                let target = if self.tty || stream == Stream::Stdout {
+                    &mut inner.stdout
+                } else {
+                    &mut inner.stderr
+                };
+                let room = capacity.saturating_sub(target.len());
+                if room > 0 {
+                    let n = room.min(data.len());
+                    target.extend(&data[..n]);
+                    data = &data[n..];
+                    drop(inner);
+                    self.changed.notify_waiters();
+                    continue;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Reads up to `len` bytes of output; waits while the stream is empty and the process
     /// lives. An empty result means end of stream.
     pub async fn read_output(&self, stream: Stream, len: usize) -> Vec<u8> {
@@ -215,7 +246,11 @@ impl Proc {
                 };
                 if !buf.is_empty() {
                     let n = len.min(buf.len());
-                    return buf.drain(..n).collect();
+                    let data: Vec<u8> = buf.drain(..n).collect();
+                    drop(inner);
+                    // A writer may be waiting for room.
+                    self.changed.notify_waiters();
+                    return data;
                 }
                 if exited {
                     return Vec::new();

@@ -1,14 +1,15 @@
 //! What a guest process does: a script from the embedding test, or a built-in program.
 //!
-//! Scripts take precedence. Without one, the program is chosen by the base name of `argv[0]`
-//! (`/bin/echo` and `echo` are the same): `true`, `false`, `echo`, `sleep N`, `cat` (copies
-//! stdin to stdout), and `sh -c "exit N"`. Anything else runs until a signal ends it, like a
-//! pause container, and the trace notes which program was not understood.
+//! Scripts take precedence. Without one, argv goes to the [`shell`] userland:
+//! `sh -c ONE-LINER` is interpreted as busybox would run it, and a known program run directly
+//! (`/bin/echo hello`, `sleep 1000`) is run by the same interpreter. Anything else runs until a
+//! signal ends it, like a pause container, and the trace notes which word was not understood.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::process::{Proc, Stream};
+use super::shell::{self, ContainerView, Env, ParseError, Script};
 
 /// How a process answers a catchable signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -91,21 +92,14 @@ pub enum Behaviour {
     Builtin(Builtin),
 }
 
-/// The built-in programs, parsed once from argv: running and diagnosing share one parse.
+/// The built-in userland, decided once from argv: running and diagnosing share one parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Builtin {
-    /// `true`.
-    True,
-    /// `false`.
-    False,
-    /// `echo [-n] WORDS`: the bytes it prints.
-    Echo(Vec<u8>),
-    /// `sleep N`; `None` for an argument that is not a number (busybox then exits 1).
-    Sleep(Option<Duration>),
-    /// `cat` with no file: stdin to stdout.
-    Cat,
-    /// `sh -c "exit N"`.
-    Exit(i32),
+    /// A script the [`shell`] interprets: an `sh -c` one-liner, or a known
+    /// program run directly (`/bin/echo hello`).
+    Shell(Arc<Script>),
+    /// `sh -c` with a syntax error: busybox prints it and exits 2.
+    SyntaxError(String),
     /// Anything else: runs until signalled. The text says which word was not understood.
     Unknown(String),
 }
@@ -116,54 +110,52 @@ impl Builtin {
         let Some(arg0) = args.first() else {
             return Builtin::Unknown("empty argv: runs until signalled".into());
         };
-        let rest = &args[1..];
-        match program_name(arg0) {
-            "true" => Builtin::True,
-            "false" => Builtin::False,
-            "echo" => {
-                let (newline, words) = match rest.first().map(String::as_str) {
-                    Some("-n") => (false, &rest[1..]),
-                    _ => (true, rest),
-                };
-                let mut out = words.join(" ");
-                if newline {
-                    out.push('\n');
-                }
-                Builtin::Echo(out.into_bytes())
+        let name = program_name(arg0);
+        if matches!(name, "sh" | "ash" | "bash" | "dash") {
+            if args.get(1).map(String::as_str) != Some("-c") {
+                return Builtin::Unknown(format!(
+                    "{name} without -c (a script from stdin or a file) is not interpreted: \
+                     runs until signalled"
+                ));
             }
-            "sleep" => Builtin::Sleep(
-                rest.first()
-                    .and_then(|s| s.parse::<f64>().ok())
-                    .filter(|secs| *secs >= 0.0 && secs.is_finite())
-                    .map(Duration::from_secs_f64),
-            ),
-            "cat" if rest.is_empty() => Builtin::Cat,
-            "sh" | "bash" | "ash" if rest.first().map(String::as_str) == Some("-c") => {
-                let script = rest.get(1).map(String::as_str).unwrap_or("");
-                match parse_exit(script) {
-                    Some(code) => Builtin::Exit(code),
-                    None => Builtin::Unknown(format!(
-                        "sh -c {script:?} is not understood: runs until signalled"
-                    )),
+            let Some(script) = args.get(2) else {
+                return Builtin::SyntaxError(format!("{name}: -c requires an argument"));
+            };
+            return match shell::parse(script) {
+                Ok(s) => Builtin::Shell(Arc::new(s)),
+                Err(ParseError::Syntax(e)) => {
+                    Builtin::SyntaxError(format!("sh: syntax error: {e}"))
                 }
-            }
-            other => Builtin::Unknown(format!(
-                "program {other:?} is not understood: runs until signalled"
-            )),
+                Err(ParseError::Unsupported(why)) => {
+                    Builtin::Unknown(format!("sh -c {script:?}: {why}: runs until signalled"))
+                }
+            };
+        }
+        match shell::direct(args) {
+            Ok(s) => Builtin::Shell(Arc::new(s)),
+            Err(e) => Builtin::Unknown(format!("{e}: runs until signalled")),
         }
     }
 }
 
-/// What a starting program reports to besides its own process (the trace).
+/// What a starting program gets besides its own process: the trace, and its container's
+/// view of the guest filesystem.
 #[derive(Clone)]
 pub struct ProgramCtx {
     /// Called with a note for the trace (such as an unknown program).
     pub note: Arc<dyn Fn(String) + Send + Sync>,
+    /// The container's filesystem as the process sees it.
+    pub view: ContainerView,
+    /// The seed of the process's `/dev/urandom`.
+    pub seed: u64,
 }
 
 impl std::fmt::Debug for ProgramCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProgramCtx").finish_non_exhaustive()
+        f.debug_struct("ProgramCtx")
+            .field("view", &self.view)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -191,10 +183,10 @@ impl Behaviour {
     }
 
     /// Runs the program to its exit code. Signals end it from outside (the task is aborted).
-    pub async fn run(&self, proc: &Arc<Proc>) -> i32 {
+    pub async fn run(&self, proc: &Arc<Proc>, ctx: &ProgramCtx) -> i32 {
         match self {
             Behaviour::Script(s) => run_script(s, proc).await,
-            Behaviour::Builtin(b) => run_builtin(b, proc).await,
+            Behaviour::Builtin(b) => run_builtin(b, proc, ctx).await,
         }
     }
 }
@@ -223,42 +215,22 @@ async fn copy_stdin(proc: &Arc<Proc>) {
     }
 }
 
-async fn run_builtin(b: &Builtin, proc: &Arc<Proc>) -> i32 {
+async fn run_builtin(b: &Builtin, proc: &Arc<Proc>, ctx: &ProgramCtx) -> i32 {
     match b {
-        Builtin::True => 0,
-        Builtin::False => 1,
-        Builtin::Echo(out) => {
-            proc.write_output(Stream::Stdout, out);
-            0
+        Builtin::Shell(script) => {
+            let env = Env {
+                proc: Arc::clone(proc),
+                view: ctx.view.clone(),
+                seed: ctx.seed,
+            };
+            shell::run_script(script, &env).await
         }
-        Builtin::Sleep(Some(d)) => {
-            tokio::time::sleep(*d).await;
-            0
+        Builtin::SyntaxError(msg) => {
+            proc.write_output(Stream::Stderr, format!("{msg}\n").as_bytes());
+            2
         }
-        Builtin::Sleep(None) => {
-            proc.write_output(Stream::Stderr, b"sleep: invalid number\n");
-            1
-        }
-        Builtin::Cat => {
-            copy_stdin(proc).await;
-            0
-        }
-        Builtin::Exit(code) => *code,
         Builtin::Unknown(_) => std::future::pending().await,
     }
-}
-
-/// `exit N` (or `exit`) as a whole script.
-fn parse_exit(script: &str) -> Option<i32> {
-    let mut words = script.split_whitespace();
-    if words.next()? != "exit" {
-        return None;
-    }
-    let code = match words.next() {
-        None => 0,
-        Some(n) => n.parse::<i64>().ok()?.rem_euclid(256) as i32,
-    };
-    words.next().is_none().then_some(code)
 }
 
 #[cfg(test)]
@@ -266,30 +238,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exit_scripts_parse_like_sh() {
-        assert_eq!(parse_exit("exit 3"), Some(3));
-        assert_eq!(parse_exit("  exit  "), Some(0));
-        assert_eq!(parse_exit("exit 256"), Some(0));
-        assert_eq!(parse_exit("exit -1"), Some(255));
-        assert_eq!(parse_exit("exit 3; echo"), None);
-        assert_eq!(parse_exit("echo hi"), None);
-    }
-
-    #[test]
     fn builtins_parse_once_for_running_and_diagnosing() {
         let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
+        assert!(matches!(
             Builtin::parse(&argv(&["/bin/echo", "-n", "a", "b"])),
-            Builtin::Echo(b"a b".to_vec())
-        );
-        assert_eq!(Builtin::parse(&argv(&["sleep", "x"])), Builtin::Sleep(None));
+            Builtin::Shell(_)
+        ));
+        assert!(matches!(
+            Builtin::parse(&argv(&[
+                "/bin/sh",
+                "-c",
+                "echo x > /dev/termination-log; exit 2"
+            ])),
+            Builtin::Shell(_)
+        ));
         assert_eq!(
-            Builtin::parse(&argv(&["/bin/sh", "-c", "exit 3"])),
-            Builtin::Exit(3)
+            Builtin::parse(&argv(&["sh", "-c", "echo 'x"])),
+            Builtin::SyntaxError("sh: syntax error: unterminated quoted string".into())
         );
         assert_eq!(
-            Builtin::parse(&argv(&["cat", "/etc/hosts"])),
-            Builtin::Unknown("program \"cat\" is not understood: runs until signalled".into())
+            Builtin::parse(&argv(&["cat", "-n", "/etc/hosts"])),
+            Builtin::Unknown(
+                "option \"-n\" of cat is not interpreted: runs until signalled".into()
+            )
+        );
+        assert_eq!(
+            Builtin::parse(&argv(&["sh", "-c", "echo $HOME"])),
+            Builtin::Unknown(
+                "sh -c \"echo $HOME\": \"$\" (parameter expansion): runs until signalled".into()
+            )
         );
         assert!(
             Behaviour::Builtin(Builtin::parse(&argv(&["/pause"])))

@@ -7,7 +7,7 @@ use sim_agent::{
 };
 use ttrpc::Code;
 
-use crate::support::{RawClient, TestServer, bounded, create_req};
+use crate::support::{RawClient, TestServer, bounded, create_req, with_termination_log};
 
 fn old(v: &str) -> SimConfig {
     SimConfig::for_version(v.parse::<AgentVersion>().unwrap())
@@ -135,7 +135,7 @@ async fn scripts_win_over_builtins_and_unknown_programs_are_noted() {
         .unwrap();
     assert_eq!(
         pause.note.as_deref(),
-        Some("program \"pause\" is not understood: runs until signalled")
+        Some("program \"/pause\" is not one kata-sim interprets: runs until signalled")
     );
     // And an OOM kill ends the process with 137 and reaches GetOOMEvent.
     sim.oom_kill("s2").unwrap();
@@ -204,4 +204,87 @@ async fn mock_agent_checks_expectations() {
         msg
     }
     assert_eq!(stop(&mock, "c1").await, "bye\n");
+}
+
+/// A one-liner run through CreateContainer/StartContainer: its stdout and stderr reach the
+/// streams, its termination message reaches the guest file behind the bind mount (what
+/// GetDiagnosticData reads), and a SIGKILL keeps what it wrote before.
+#[tokio::test]
+async fn shell_one_liners_write_through_the_containers_mounts() {
+    let sim = SimAgent::new().unwrap();
+    let term = "/run/kata-containers/shared/containers/k1-0123456789abcdef-termination-log";
+    // The host copies the (empty) termination-log file in, as runtime-rs does.
+    let host = tempfile::NamedTempFile::new().unwrap();
+    sim.copy_file(host.path().to_path_buf(), term.into())
+        .await
+        .unwrap();
+    let req = with_termination_log(
+        create_req(
+            "k1",
+            &[
+                "/bin/sh",
+                "-c",
+                "printf 'killed %s\\n' k1 > /dev/termination-log; echo kept > /tmp/f; \
+                 echo out; echo err >&2; exec sleep 1000",
+            ],
+        ),
+        term,
+    );
+    sim.create_container(req).await.unwrap();
+    sim.start_container("k1".into()).await.unwrap();
+    let out = sim
+        .read_process_stdout("k1".into(), "k1".into(), 100)
+        .await
+        .unwrap();
+    assert_eq!(out, b"out\n");
+    let err = sim
+        .read_process_stderr("k1".into(), "k1".into(), 100)
+        .await
+        .unwrap();
+    assert_eq!(err, b"err\n");
+    sim.signal_process("k1".into(), "".into(), 9, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        sim.wait_process("k1".into(), "k1".into()).await.unwrap(),
+        137
+    );
+    let msg = sim
+        .get_diagnostic_data("termination_log".into(), "k1".into())
+        .await
+        .unwrap();
+    assert_eq!(msg, "killed k1\n");
+    // Paths outside the mounts land in the container's rootfs in the guest root.
+    let rootfs_file = sim
+        .guest_root()
+        .join("run/kata-containers/shared/containers/k1/rootfs/tmp/f");
+    assert_eq!(std::fs::read(rootfs_file).unwrap(), b"kept\n");
+}
+
+/// Outside the subset, the process runs until signalled and the trace says which word.
+#[tokio::test]
+async fn one_liners_outside_the_subset_are_noted_and_run_until_killed() {
+    let sim = SimAgent::new().unwrap();
+    sim.create_container(create_req(
+        "u1",
+        &["sh", "-c", "for i in 1 2; do echo x; done"],
+    ))
+    .await
+    .unwrap();
+    sim.start_container("u1".into()).await.unwrap();
+    let note = sim
+        .trace()
+        .events()
+        .into_iter()
+        .find(|e| e.method == "StartContainer")
+        .and_then(|e| e.note)
+        .unwrap();
+    assert!(note.contains("\"for\" (compound commands)"), "{note}");
+    sim.signal_process("u1".into(), "".into(), 9, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        sim.wait_process("u1".into(), "u1".into()).await.unwrap(),
+        137
+    );
 }

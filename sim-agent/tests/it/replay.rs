@@ -177,6 +177,20 @@ async fn go_shim_kill_replays_exactly() {
     );
 }
 
+/// The unmodified 3.19.1 shim on the 4.1.0 agent: the first 300 of its ~174k reads after the
+/// output's end, each answered with an empty OK (the spin that hangs `ctr run`).
+#[tokio::test]
+async fn unmodified_3_19_1_shim_spin_replays_exactly() {
+    assert_eq!(
+        replay(
+            "real-lifecycle/echo-unmodified-shim.jsonl",
+            SimConfig::default()
+        )
+        .await,
+        Vec::<String>::new()
+    );
+}
+
 #[tokio::test]
 async fn runtime_rs_echo_replays_exactly() {
     assert_eq!(
@@ -203,4 +217,26 @@ async fn old_agent_profile_differs_exactly_where_the_release_did() {
             "{m}"
         );
     }
+}
+
+/// runtime-rs pods whose containers are shell one-liners writing their termination message
+/// (`tests/data/real-lifecycle-rs/term-*.jsonl`): every answer, including GetDiagnosticData's
+/// data, must be the real agent's.
+#[rstest::rstest]
+#[case::big("term-big")]
+#[case::empty("term-empty")]
+#[case::fallback("term-fallback")]
+#[case::file("term-file")]
+#[case::kill("term-kill")]
+#[case::utf8("term-utf8")]
+#[tokio::test]
+async fn runtime_rs_termination_log_pods_replay_exactly(#[case] name: &str) {
+    assert_eq!(
+        replay(
+            &format!("real-lifecycle-rs/{name}.jsonl"),
+            SimConfig::default()
+        )
+        .await,
+        Vec::<String>::new()
+    );
 }
