@@ -1,4 +1,6 @@
-//! scenarios: YAML lifecycle scenarios and the `kata-sim` command (issue "Scenarios"; not
-//! built yet). The bundled scenario library will live beside this crate in `scenarios/`.
+//! kata-sim: the project's main command and, later, its YAML scenarios.
+//!
+//! - [`serve`]: `kata-sim serve`, the remote hypervisor and every guest agent it creates, for
+//!   real Kata runtimes configured with `hypervisor.remote`.
 
-pub use sim_agent::Agent;
+pub mod serve;

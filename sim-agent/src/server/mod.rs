@@ -69,6 +69,16 @@ pub struct AgentServer {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     addrs: Vec<AgentAddr>,
+    /// Socket files this server created, with their (device, inode): on shutdown a file is
+    /// removed only if it is still the one it bound (a newer server may own the path now).
+    files: Vec<(PathBuf, (u64, u64))>,
+}
+
+fn file_identity(p: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(p)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 impl AgentServer {
@@ -94,6 +104,7 @@ impl AgentServer {
             shutdown: watch::channel(false).0,
             tasks: JoinSet::new(),
             addrs: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -157,9 +168,9 @@ impl AgentServer {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
-        for addr in &self.addrs {
-            if let Some(p) = addr.socket_file() {
-                let _ = std::fs::remove_file(p);
+        for (path, identity) in &self.files {
+            if file_identity(path) == Some(*identity) {
+                let _ = std::fs::remove_file(path);
             }
         }
     }
@@ -178,6 +189,11 @@ impl AgentServer {
         let ctx = self.conn_ctx();
         let mut shutdown = self.shutdown.subscribe();
         tracing::info!(%addr, "listening");
+        if let Some(p) = addr.socket_file()
+            && let Some(id) = file_identity(p)
+        {
+            self.files.push((p.to_path_buf(), id));
+        }
         self.addrs.push(addr.clone());
         self.tasks.spawn(async move {
             let mut conns = JoinSet::new();

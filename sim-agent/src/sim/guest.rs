@@ -121,6 +121,10 @@ pub(crate) struct State {
     pub containers: BTreeMap<String, Container>,
     pub oom_events: VecDeque<String>,
     pub terminated: bool,
+    /// The VM under the guest died: nothing answers any more.
+    pub dead: bool,
+    /// The VM's vCPUs are stopped: calls wait until it resumes.
+    pub paused: bool,
     pub next_pid: u32,
     pub interfaces: BTreeMap<String, types::Interface>,
     pub routes: Vec<types::Route>,
@@ -181,6 +185,58 @@ impl Guest {
 
     pub fn container_ids(&self) -> Vec<String> {
         self.lock().containers.keys().cloned().collect()
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.lock().dead
+    }
+
+    /// The guest dies with its VM: first every caller learns it, then every process is gone.
+    pub fn kill(&self) {
+        let procs: Vec<Arc<Proc>> = {
+            let mut st = self.lock();
+            if st.dead {
+                return;
+            }
+            st.dead = true;
+            st.containers
+                .values()
+                .flat_map(|c| c.processes.values().cloned())
+                .collect()
+        };
+        self.notify();
+        for p in procs {
+            p.exit(128 + 9);
+        }
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.lock().paused = paused;
+        self.notify();
+    }
+
+    pub async fn running(&self) {
+        loop {
+            let n = self.changed.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !self.lock().paused {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    pub async fn died(&self) {
+        loop {
+            let n = self.changed.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_dead() {
+                return;
+            }
+            n.await;
+        }
     }
 
     pub fn is_terminated(&self) -> bool {

@@ -204,6 +204,29 @@ impl SimAgent {
         self.inner.guest.is_terminated()
     }
 
+    /// The guest dies with its VM: every call in flight fails with
+    /// [`AgentError::ConnectionClosed`] at once, every process is gone, and every later call
+    /// fails the same way. Servers of this agent should be shut down with it.
+    pub fn kill(&self) {
+        self.inner.guest.kill();
+    }
+
+    /// Pauses (`true`) or resumes the guest's vCPUs: while paused, calls wait (their
+    /// deadlines still run), as nothing in the guest runs.
+    pub fn set_paused(&self, paused: bool) {
+        self.inner.guest.set_paused(paused);
+    }
+
+    /// Whether the guest died ([`SimAgent::kill`]).
+    pub fn is_dead(&self) -> bool {
+        self.inner.guest.is_dead()
+    }
+
+    /// Resolves when the guest dies.
+    pub async fn died(&self) {
+        self.inner.guest.died().await
+    }
+
     /// Resolves when the agent ends its service (after `DestroySandbox`).
     pub async fn terminated(&self) {
         self.inner.guest.terminated().await
@@ -227,7 +250,7 @@ impl SimAgent {
             .trace
             .begin(method.wire_name(), opts.conn, &fields);
         let guest = Arc::clone(&self.inner.guest);
-        let result = if guest.is_terminated() {
+        let result = if guest.is_terminated() || guest.is_dead() {
             Err(AgentError::ConnectionClosed)
         } else if !guest.config.version.serves(method) {
             // An agent older than the RPC answers it as ttrpc answers an unknown method.
@@ -248,6 +271,8 @@ impl SimAgent {
                 self.inner.trace.fault(seq, d);
             }
             let run = async {
+                // A paused VM runs no guest code: the call waits for the resume.
+                guest.running().await;
                 match verdict {
                     Verdict::Pass => {}
                     Verdict::Fail(e) => return Err(e),
@@ -256,6 +281,15 @@ impl SimAgent {
                 }
                 guest.check_policy(method, Req::descriptor().name())?;
                 model(Arc::clone(&guest), req, seq).await
+            };
+            // A guest that dies fails every call in flight, before any answer its death
+            // caused (a wait that sees the killed process) can get out.
+            let run = async {
+                tokio::select! {
+                    biased;
+                    _ = guest.died() => Err(AgentError::ConnectionClosed),
+                    r = run => r,
+                }
             };
             match opts.timeout {
                 Some(t) if !t.is_zero() => {

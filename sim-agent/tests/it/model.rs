@@ -288,3 +288,46 @@ async fn one_liners_outside_the_subset_are_noted_and_run_until_killed() {
         137
     );
 }
+
+/// A dead guest fails every call in flight at once (a blocked WaitProcess does not see the
+/// killed process's status), and every later call; a paused guest holds calls until resumed.
+#[tokio::test]
+async fn a_killed_guest_fails_pending_calls_and_a_paused_one_holds_them() {
+    let sim = SimAgent::new().unwrap();
+    sim.create_container(create_req("p1", &["sleep", "1000"]))
+        .await
+        .unwrap();
+    sim.start_container("p1".into()).await.unwrap();
+    sim.set_paused(true);
+    let held = tokio::spawn({
+        let sim = sim.clone();
+        async move { sim.stats_container("p1".into()).await }
+    });
+    bounded(async {
+        while !sim.trace().methods().iter().any(|m| m == "StatsContainer") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(!held.is_finished(), "a paused guest answers nothing");
+    sim.set_paused(false);
+    assert!(bounded(held).await.unwrap().is_ok());
+
+    let waiting = tokio::spawn({
+        let sim = sim.clone();
+        async move { sim.wait_process("p1".into(), "p1".into()).await }
+    });
+    bounded(async {
+        while !sim.trace().methods().iter().any(|m| m == "WaitProcess") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    sim.kill();
+    assert_eq!(
+        bounded(waiting).await.unwrap(),
+        Err(AgentError::ConnectionClosed)
+    );
+    assert_eq!(sim.check().await, Err(AgentError::ConnectionClosed));
+    assert!(sim.is_dead());
+}

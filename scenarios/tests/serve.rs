@@ -1,0 +1,116 @@
+//! `kata-sim serve` as a process: it serves the remote hypervisor and the guests it creates,
+//! refuses a state directory it cannot write, and removes its sockets on Ctrl-C.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sim_agent::{Agent, RemoteAgent};
+use sim_hypervisor::{Hypervisor, HypervisorConfig, Network, RemoteHypervisor};
+
+/// Follows the child's log: returns once it says it listens, and a handle that yields the
+/// whole log after it exits. Readiness comes from the log line, not from a sleep.
+fn follow_log(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    use std::io::BufRead as _;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            if line.contains("remote hypervisor listening") {
+                let _ = tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("kata-sim did not start listening");
+    reader
+}
+
+#[tokio::test]
+async fn serve_runs_pods_and_cleans_up_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hypervisor.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+        .args(["serve", "--hypervisor-socket"])
+        .arg(&socket)
+        .args(["--agent-version", "3.19.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = follow_log(&mut child);
+
+    let hv = RemoteHypervisor::connect(&socket).await.unwrap();
+    hv.create_vm(
+        "pod1".into(),
+        Network::default(),
+        HypervisorConfig::default(),
+    )
+    .await
+    .unwrap();
+    hv.start_vm(30).await.unwrap();
+    let url = hv.get_agent_socket().await.unwrap();
+    let agent_path = url.strip_prefix("remote://").unwrap().to_string();
+    assert!(agent_path.starts_with(&dir.path().join("vms").display().to_string()));
+    let agent = RemoteAgent::connect(&url).await.unwrap();
+    let details = agent.get_guest_details(Default::default()).await.unwrap();
+    assert_eq!(details.agent_details.version, "3.19.1");
+    // A second VM stays up until Ctrl-C.
+    let hv2 = RemoteHypervisor::connect(&socket).await.unwrap();
+    hv2.create_vm(
+        "pod2".into(),
+        Network::default(),
+        HypervisorConfig::default(),
+    )
+    .await
+    .unwrap();
+    hv2.start_vm(30).await.unwrap();
+    hv.stop_vm(false).await.unwrap();
+    assert!(!Path::new(&agent_path).exists());
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let (status, log) =
+        tokio::task::spawn_blocking(move || (child.wait().unwrap(), log.join().unwrap()))
+            .await
+            .unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("VM created") && log.contains("VM stopped"),
+        "{log}"
+    );
+    assert!(!socket.exists(), "hypervisor socket removed");
+    assert!(
+        !dir.path().join("vms/pod2").exists(),
+        "every VM's directory removed"
+    );
+}
+
+#[test]
+fn an_unwritable_state_dir_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+        .args(["serve", "--hypervisor-socket"])
+        .arg(dir.path().join("hv.sock"))
+        .arg("--state-dir")
+        .arg(file.join("vms"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state dir") && err.contains("cannot create"),
+        "{err}"
+    );
+    assert!(!dir.path().join("hv.sock").exists());
+}
