@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sim_agent::fault::FaultEngine;
 use sim_agent::{AgentVersion, SimConfig};
-use sim_hypervisor::{Fleet, FleetConfig, RemoteHypervisorServer, SimVmConfig};
+use sim_hypervisor::{Fleet, FleetConfig, HypervisorError, RemoteHypervisorServer, SimVmConfig};
 
 /// What `kata-sim serve` runs with.
 #[derive(Debug, Clone)]
@@ -18,6 +19,10 @@ pub struct ServeOptions {
     pub agent_version: AgentVersion,
     /// How long a VM takes to boot.
     pub boot_time: Duration,
+    /// Fault rules installed from the start.
+    pub faults: Vec<String>,
+    /// The seed of every random choice.
+    pub seed: u64,
 }
 
 impl ServeOptions {
@@ -35,11 +40,20 @@ impl ServeOptions {
 /// Binds the remote hypervisor described by `opts`.
 pub async fn start(opts: &ServeOptions) -> sim_hypervisor::Result<RemoteHypervisorServer> {
     let mut config = FleetConfig::new(opts.state_dir());
+    let mut agent = SimConfig::for_version(opts.agent_version);
+    agent.seed = opts.seed;
     config.vm = SimVmConfig {
         boot_time: opts.boot_time,
-        agent: SimConfig::for_version(opts.agent_version),
+        agent,
         ..Default::default()
     };
+    config.faults = FaultEngine::new(opts.seed);
+    for rule in &opts.faults {
+        config
+            .faults
+            .add(rule)
+            .map_err(|e| HypervisorError::Invalid(format!("--fault {rule:?}: {e}")))?;
+    }
     let fleet = Arc::new(Fleet::new(config)?);
     RemoteHypervisorServer::bind(&opts.hypervisor_socket, fleet).await
 }

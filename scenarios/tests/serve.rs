@@ -114,3 +114,100 @@ fn an_unwritable_state_dir_is_refused_with_a_clear_error() {
     );
     assert!(!dir.path().join("hv.sock").exists());
 }
+
+/// `--fault` and `--seed` at start, and `kata-sim fault ... --control` while it runs.
+#[tokio::test]
+async fn faults_are_installed_at_start_and_flipped_through_the_control_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hypervisor.sock");
+    let control = dir.path().join("control.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+        .args(["serve", "--hypervisor-socket"])
+        .arg(&socket)
+        .arg("--control")
+        .arg(&control)
+        .args([
+            "--seed",
+            "5",
+            "--fault",
+            "StartVM{sandbox=nope}=error(ABORTED,\"no\")",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = follow_log(&mut child);
+    let fault = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+            .arg("fault")
+            .args(args)
+            .arg("--control")
+            .arg(&control)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let hv = RemoteHypervisor::connect(&socket).await.unwrap();
+    hv.create_vm(
+        "nope".into(),
+        Network::default(),
+        HypervisorConfig::default(),
+    )
+    .await
+    .unwrap();
+    let e = hv.start_vm(30).await.unwrap_err();
+    assert_eq!(e.to_string(), "no");
+
+    let (ok, out, _) = fault(&["add", "Check=error(INTERNAL)"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "2");
+    let (ok, out, _) = fault(&["list"]);
+    assert!(ok);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec![
+            "rule 1 StartVM{sandbox=nope}=error(ABORTED,\"no\")",
+            "rule 2 Check=error(INTERNAL)"
+        ]
+    );
+    let hv2 = RemoteHypervisor::connect(&socket).await.unwrap();
+    hv2.create_vm(
+        "yes".into(),
+        Network::default(),
+        HypervisorConfig::default(),
+    )
+    .await
+    .unwrap();
+    hv2.start_vm(30).await.unwrap();
+    let agent = RemoteAgent::connect(&hv2.get_agent_socket().await.unwrap())
+        .await
+        .unwrap();
+    assert!(agent.check().await.is_err());
+    let (ok, _, err) = fault(&["add", "Check=explode"]);
+    assert!(!ok);
+    assert!(
+        err.contains("column 7") && err.contains("unknown action"),
+        "{err}"
+    );
+    assert!(fault(&["clear"]).0);
+    agent.check().await.unwrap();
+    let (_, fired, _) = fault(&["fired"]);
+    assert_eq!(fired.lines().count(), 2, "{fired}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (status, log) =
+        tokio::task::spawn_blocking(move || (child.wait().unwrap(), log.join().unwrap()))
+            .await
+            .unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("seed=5"), "{log}");
+    assert!(!control.exists() && !socket.exists());
+}

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sim_agent::Trace;
+use sim_agent::fault::FaultEngine;
 use tokio::sync::watch;
 use ttrpc::r#async::TtrpcContext;
 
@@ -40,6 +41,8 @@ pub struct FleetConfig {
     pub vm: SimVmConfig,
     /// The hypervisor configuration before a `CreateVM`'s annotations apply.
     pub hypervisor: HypervisorConfig,
+    /// The fault rules every VM and guest of the fleet consults.
+    pub faults: FaultEngine,
 }
 
 impl FleetConfig {
@@ -49,6 +52,7 @@ impl FleetConfig {
             state_dir: state_dir.into(),
             vm: SimVmConfig::default(),
             hypervisor: HypervisorConfig::default(),
+            faults: FaultEngine::default(),
         }
     }
 }
@@ -80,6 +84,7 @@ impl Fleet {
         config.state_dir = dir.clone();
         config.vm.state_dir = dir;
         config.vm.socket_kind = SocketKind::Remote;
+        config.vm.faults = Some(Arc::new(config.faults.clone()));
         Ok(Fleet {
             config,
             vms: Mutex::new(BTreeMap::new()),
@@ -94,6 +99,11 @@ impl Fleet {
     /// The record of every VM operation, in order.
     pub fn trace(&self) -> &Trace {
         &self.trace
+    }
+
+    /// The fault engine of every VM and guest.
+    pub fn faults(&self) -> &FaultEngine {
+        &self.config.faults
     }
 
     /// The state directory (absolute).

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sim_agent::{AgentServer, SimAgent, SimConfig, Trace};
+use sim_agent::fault::{CallInfo, FaultHook, Verdict};
+use sim_agent::{AgentError, AgentServer, SimAgent, SimConfig, Trace};
 use tokio::sync::watch;
 
 use crate::error::{HypervisorError, Result};
@@ -60,8 +61,10 @@ pub struct SimVmConfig {
     pub capabilities: Capabilities,
     /// The guest's vsock context id (for [`SocketKind::Vsock`]).
     pub vsock_cid: u32,
-    /// The trace that records every operation (shared with the agent's when `None`).
+    /// The trace that records every operation (a new one when `None`).
     pub trace: Option<Trace>,
+    /// Fault rules for this VM's operations and its guest's RPCs (scoped by `sandbox=ID`).
+    pub faults: Option<Arc<dyn FaultHook>>,
 }
 
 impl Default for SimVmConfig {
@@ -74,6 +77,7 @@ impl Default for SimVmConfig {
             capabilities: Capabilities::QEMU,
             vsock_cid: 3,
             trace: None,
+            faults: None,
         }
     }
 }
@@ -199,6 +203,59 @@ impl SimHypervisor {
     /// Records one operation in the trace and returns its sequence number.
     fn begin(&self, op: &str, fields: &[(&'static str, String)]) -> u64 {
         self.inner.trace.begin(op, None, fields)
+    }
+
+    /// Asks the fault hook about an operation; an injected failure is returned as the
+    /// operation's error. Transport-level actions (drop, corrupt) become UNAVAILABLE errors:
+    /// the hypervisor service cannot cut its caller's connection.
+    async fn fault(&self, seq: u64, op: &str, fields: &[(&'static str, String)]) -> Result<()> {
+        let Some(hook) = &self.inner.settings.faults else {
+            return Ok(());
+        };
+        // Before CreateVM the VM's id is the one it is being created with.
+        let id = self.lock().id.clone().or_else(|| {
+            fields
+                .iter()
+                .find(|(k, _)| *k == "id")
+                .map(|(_, v)| v.clone())
+        });
+        let verdict = hook.decide(&CallInfo {
+            target: op,
+            request: op,
+            fields,
+            conn: None,
+            sandbox: id.as_deref(),
+        });
+        self.fault_verdict(seq, verdict, id).await
+    }
+
+    async fn fault_verdict(&self, seq: u64, verdict: Verdict, id: Option<String>) -> Result<()> {
+        if let Some(d) = verdict.describe() {
+            self.inner.trace.fault(seq, d);
+        }
+        match verdict {
+            Verdict::Fail(AgentError::Status { code, message }) => {
+                Err(HypervisorError::Remote { code, message })
+            }
+            Verdict::Fail(other) => Err(HypervisorError::Remote {
+                code: ttrpc::Code::UNAVAILABLE,
+                message: other.to_string(),
+            }),
+            Verdict::Delay(d) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            Verdict::Hang => std::future::pending().await,
+            Verdict::KillGuest => {
+                self.power_off(KILLED_EXIT_CODE).await;
+                Err(HypervisorError::NotRunning(id.unwrap_or_default()))
+            }
+            Verdict::Drop { .. } | Verdict::Corrupt => Err(HypervisorError::Remote {
+                code: ttrpc::Code::UNAVAILABLE,
+                message: "connection dropped by a kata-sim fault".into(),
+            }),
+            Verdict::Pass | Verdict::Oom(_) | Verdict::RestartAgent | Verdict::Slow(_) => Ok(()),
+        }
     }
 
     fn end<T>(&self, seq: u64, r: &Result<T>) {
@@ -374,6 +431,10 @@ impl Hypervisor for SimHypervisor {
             fields.push(("annotation", format!("{k}={v}")));
         }
         let seq = self.begin("CreateVM", &fields);
+        if let Err(e) = self.fault(seq, "CreateVM", &fields).await {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = async {
             {
                 let m = self.lock();
@@ -394,6 +455,10 @@ impl Hypervisor for SimHypervisor {
                 agent_config.guest_root = Some(root.join(&id));
             }
             let agent = SimAgent::with_config(agent_config).map_err(io_err)?;
+            agent.set_sandbox_label(&id);
+            if let Some(hook) = &self.inner.settings.faults {
+                agent.set_fault_hook(Arc::clone(hook));
+            }
             let mut m = self.lock();
             m.id = Some(id.clone());
             m.state = Some(VmState::Created);
@@ -409,6 +474,13 @@ impl Hypervisor for SimHypervisor {
 
     async fn start_vm(&self, timeout_secs: u32) -> Result<()> {
         let seq = self.begin("StartVM", &[("timeout", timeout_secs.to_string())]);
+        if let Err(e) = self
+            .fault(seq, "StartVM", &[("timeout", timeout_secs.to_string())])
+            .await
+        {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = async {
             let (id, agent) = {
                 let m = self.lock();
@@ -461,7 +533,17 @@ impl Hypervisor for SimHypervisor {
                 }
             };
             match server {
-                None => Ok(()),
+                None => {
+                    // A guest that dies (kill_guest) takes its VM down with it.
+                    if let Some(agent) = self.agent() {
+                        let vm = self.clone();
+                        tokio::spawn(async move {
+                            agent.died().await;
+                            vm.power_off(KILLED_EXIT_CODE).await;
+                        });
+                    }
+                    Ok(())
+                }
                 Some(s) => {
                     s.shutdown().await;
                     Err(HypervisorError::NotRunning(id))
@@ -475,6 +557,13 @@ impl Hypervisor for SimHypervisor {
 
     async fn stop_vm(&self, wait_only: bool) -> Result<()> {
         let seq = self.begin("StopVM", &[("wait_only", wait_only.to_string())]);
+        if let Err(e) = self
+            .fault(seq, "StopVM", &[("wait_only", wait_only.to_string())])
+            .await
+        {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = async {
             {
                 let m = self.lock();
@@ -499,6 +588,10 @@ impl Hypervisor for SimHypervisor {
 
     async fn pause_vm(&self) -> Result<()> {
         let seq = self.begin("PauseVM", &[]);
+        if let Err(e) = self.fault(seq, "PauseVM", &[]).await {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = {
             let mut m = self.lock();
             Self::require(&m, "pause", &[VmState::Running]).map(|_| {
@@ -514,6 +607,10 @@ impl Hypervisor for SimHypervisor {
 
     async fn save_vm(&self) -> Result<()> {
         let seq = self.begin("SaveVM", &[]);
+        if let Err(e) = self.fault(seq, "SaveVM", &[]).await {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = {
             let mut m = self.lock();
             Self::require(&m, "save", &[VmState::Paused]).map(|_| {
@@ -526,6 +623,10 @@ impl Hypervisor for SimHypervisor {
 
     async fn resume_vm(&self) -> Result<()> {
         let seq = self.begin("ResumeVM", &[]);
+        if let Err(e) = self.fault(seq, "ResumeVM", &[]).await {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = {
             let mut m = self.lock();
             Self::require(&m, "resume", &[VmState::Paused]).map(|_| {
@@ -541,6 +642,13 @@ impl Hypervisor for SimHypervisor {
 
     async fn add_device(&self, device: Device, kind: DeviceType) -> Result<()> {
         let seq = self.begin("AddDevice", &[("kind", format!("{kind:?}"))]);
+        if let Err(e) = self
+            .fault(seq, "AddDevice", &[("kind", format!("{kind:?}"))])
+            .await
+        {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "cold-plug a device into", &[VmState::Created])?;
@@ -575,6 +683,13 @@ impl Hypervisor for SimHypervisor {
 
     async fn hotplug_add_device(&self, device: Device, kind: DeviceType) -> Result<HotplugResult> {
         let seq = self.begin("HotplugAddDevice", &[("kind", format!("{kind:?}"))]);
+        if let Err(e) = self
+            .fault(seq, "HotplugAddDevice", &[("kind", format!("{kind:?}"))])
+            .await
+        {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "hotplug a device into", &[VmState::Running])?;
@@ -630,6 +745,13 @@ impl Hypervisor for SimHypervisor {
         kind: DeviceType,
     ) -> Result<HotplugResult> {
         let seq = self.begin("HotplugRemoveDevice", &[("kind", format!("{kind:?}"))]);
+        if let Err(e) = self
+            .fault(seq, "HotplugRemoveDevice", &[("kind", format!("{kind:?}"))])
+            .await
+        {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "hot-unplug a device from", &[VmState::Running])?;
@@ -692,13 +814,15 @@ impl Hypervisor for SimHypervisor {
         block_mb: u32,
         probe: bool,
     ) -> Result<(u32, MemoryDevice)> {
-        let seq = self.begin(
-            "ResizeMemory",
-            &[
-                ("mem_mb", mem_mb.to_string()),
-                ("block_mb", block_mb.to_string()),
-            ],
-        );
+        let fields = [
+            ("mem_mb", mem_mb.to_string()),
+            ("block_mb", block_mb.to_string()),
+        ];
+        let seq = self.begin("ResizeMemory", &fields);
+        if let Err(e) = self.fault(seq, "ResizeMemory", &fields).await {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "resize memory of", &[VmState::Running])?;
@@ -738,6 +862,13 @@ impl Hypervisor for SimHypervisor {
 
     async fn resize_vcpus(&self, vcpus: u32) -> Result<(u32, u32)> {
         let seq = self.begin("ResizeVCPUs", &[("vcpus", vcpus.to_string())]);
+        if let Err(e) = self
+            .fault(seq, "ResizeVCPUs", &[("vcpus", vcpus.to_string())])
+            .await
+        {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "resize vCPUs of", &[VmState::Running])?;
@@ -865,6 +996,22 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn check(&self) -> Result<()> {
+        if let Some(hook) = &self.inner.settings.faults {
+            let id = self.lock().id.clone();
+            let verdict = hook.decide(&CallInfo {
+                target: "CheckVM",
+                request: "CheckVM",
+                fields: &[],
+                conn: None,
+                sandbox: id.as_deref(),
+            });
+            if verdict != Verdict::Pass {
+                let seq = self.begin("CheckVM", &[]);
+                let r = self.fault_verdict(seq, verdict, id).await;
+                self.end(seq, &r);
+                r?;
+            }
+        }
         let m = self.lock();
         match m.state {
             Some(VmState::Stopped) | None => Err(HypervisorError::NotRunning(

@@ -33,7 +33,45 @@ enum Command {
         /// How long a VM takes to boot, in milliseconds.
         #[arg(long = "boot-time-ms", default_value_t = 10)]
         boot_time_ms: u64,
+        /// A fault rule (`StartVM=delay(5s)`, `WaitProcess{sandbox=ID}=hang`). Repeatable.
+        #[arg(long = "fault", value_name = "RULE")]
+        faults: Vec<String>,
+        /// The seed of every random choice (fault probabilities, /dev/urandom).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Serve a fault control socket here (`kata-sim fault ... --control PATH`).
+        #[arg(long)]
+        control: Option<PathBuf>,
     },
+    /// Change the faults of a running `kata-sim serve` / `sim-agent serve` through its control
+    /// socket.
+    Fault {
+        /// The control socket.
+        #[arg(long, global = true)]
+        control: Option<PathBuf>,
+        #[command(subcommand)]
+        op: FaultOp,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FaultOp {
+    /// Install a rule; prints its id.
+    Add {
+        /// The rule, e.g. `GetDiagnosticData=error(UNAVAILABLE,"guest busy")`.
+        rule: String,
+    },
+    /// Remove a rule by id.
+    Remove {
+        /// The rule id.
+        id: u64,
+    },
+    /// List the installed rules.
+    List,
+    /// Remove every rule.
+    Clear,
+    /// List the faults that fired so far.
+    Fired,
 }
 
 #[tokio::main]
@@ -44,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Serve {
@@ -51,17 +90,29 @@ async fn main() -> anyhow::Result<()> {
             state_dir,
             agent_version,
             boot_time_ms,
+            faults,
+            seed,
+            control,
         } => {
             let opts = ServeOptions {
                 hypervisor_socket,
                 state_dir,
                 agent_version,
                 boot_time: Duration::from_millis(boot_time_ms),
+                faults,
+                seed,
             };
             let server = start(&opts)
                 .await
                 .with_context(|| format!("serving {}", opts.hypervisor_socket.display()))?;
-            tracing::info!(agent_version = %agent_version, "kata-sim serving; Ctrl-C to stop");
+            let _control = match &control {
+                Some(path) => Some(
+                    sim_agent::fault::control::serve(path, server.fleet().faults().clone())
+                        .with_context(|| format!("control socket {}", path.display()))?,
+                ),
+                None => None,
+            };
+            tracing::info!(agent_version = %agent_version, seed, rules = opts.faults.len(), "kata-sim serving; Ctrl-C to stop");
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("installing the SIGTERM handler")?;
@@ -72,6 +123,27 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("shutting down");
             server.shutdown().await;
             tracing::info!("stopped; sockets removed");
+            Ok(())
+        }
+        Command::Fault { control, op } => {
+            let control = control.context("--control PATH is required")?;
+            let line = match op {
+                FaultOp::Add { rule } => format!("add {rule}"),
+                FaultOp::Remove { id } => format!("remove {id}"),
+                FaultOp::List => "list".into(),
+                FaultOp::Clear => "clear".into(),
+                FaultOp::Fired => "fired".into(),
+            };
+            let lines = sim_agent::fault::control::request(&control, &line)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for l in lines {
+                if let Some(id) = l.strip_prefix("ok ") {
+                    println!("{id}");
+                } else if l != "ok" {
+                    println!("{l}");
+                }
+            }
             Ok(())
         }
     }

@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sim_agent::fault::FaultEngine;
 use sim_agent::{AgentServer, AgentVersion, SimAgent, SimConfig};
 
 /// A stateful fake of the Kata Containers guest agent.
@@ -29,6 +30,15 @@ enum Command {
         /// Build with agent-policy: SetPolicy stores the policy instead of answering NOT_FOUND.
         #[arg(long)]
         policy: bool,
+        /// A fault rule (`WaitProcess{container_id=c1}=hang`). Repeatable.
+        #[arg(long = "fault", value_name = "RULE")]
+        faults: Vec<String>,
+        /// The seed of every random choice (fault probabilities, /dev/urandom).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Serve a fault control socket here (`kata-sim fault add --control PATH RULE`).
+        #[arg(long)]
+        control: Option<std::path::PathBuf>,
     },
 }
 
@@ -40,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -48,11 +59,30 @@ async fn main() -> anyhow::Result<()> {
             agent_version,
             guest_root,
             policy,
+            faults,
+            seed,
+            control,
         } => {
             let mut config = SimConfig::for_version(agent_version);
             config.guest_root = guest_root;
             config.policy_enabled = policy;
+            config.seed = seed;
             let agent = SimAgent::with_config(config).context("creating the guest root")?;
+            let engine = FaultEngine::new(seed);
+            for rule in &faults {
+                engine
+                    .add(rule)
+                    .map_err(|e| anyhow::anyhow!("--fault {rule:?}: {e}"))?;
+            }
+            agent.set_fault_hook(std::sync::Arc::new(engine.clone()));
+            tracing::info!(seed, rules = faults.len(), "faults installed");
+            let _control = match &control {
+                Some(path) => Some(
+                    sim_agent::fault::control::serve(path, engine.clone())
+                        .with_context(|| format!("control socket {}", path.display()))?,
+                ),
+                None => None,
+            };
             tracing::info!(root = %agent.guest_root().display(), version = %agent_version, "guest ready");
             let server = AgentServer::bind(agent.clone(), &listen).await?;
             tokio::select! {

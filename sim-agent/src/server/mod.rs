@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use ttrpc::Code;
 
+use crate::fault::{TRANSPORT, TransportFault, TransportSlot};
 use crate::sim::SimAgent;
 use frame::{FrameError, read_frame, response_frame};
 use transport::{AGENT_PORT, Bound, LOG_PORT, accept_handshake, bind};
@@ -202,8 +203,9 @@ impl AgentServer {
                     _ = shutdown.changed() => break,
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
                     accepted = bound.accept() => match accepted {
-                        Ok(conn) if ctx.agent.is_terminated() => {
-                            // The agent process has exited: nothing serves this connection.
+                        Ok(conn) if ctx.agent.is_terminated() || ctx.agent.is_dead() => {
+                            // The agent process has exited (or its VM died): nothing serves
+                            // this connection.
                             drop(conn);
                         }
                         Ok(conn) if hybrid => { conns.spawn(hybrid_connection(ctx.clone(), conn)); }
@@ -273,13 +275,17 @@ async fn run_connection(ctx: ConnCtx, conn: BoxConn) {
 
     let mut handlers = JoinSet::new();
     let mut shutdown = ctx.shutdown.clone();
-    let terminated = ctx.agent.clone();
+    let agent = ctx.agent.clone();
+    let epoch = agent.epoch();
     let mut graceful = false;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = kill.changed() => break,
-            _ = terminated.terminated() => { graceful = true; break; }
+            // A dead guest or a restarted agent resets every connection.
+            _ = agent.died() => break,
+            _ = agent.restarted(epoch) => break,
+            _ = agent.terminated() => { graceful = true; break; }
             Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             frame = read_frame(&mut reader) => match frame {
                 Ok(frame) => dispatch(&ctx, id, frame, &tx, &mut handlers).await,
@@ -351,30 +357,53 @@ async fn dispatch(
     }
     let services = Arc::clone(&ctx.services);
     let tx = tx.clone();
-    handlers.spawn(service::CONN_ID.scope(conn, async move {
-        let Some(method) = services
-            .get(&req.service)
-            .and_then(|s| s.methods.get(&req.method))
-        else {
-            return;
-        };
-        let tctx = ttrpc::r#async::TtrpcContext {
-            mh: ttrpc::MessageHeader {
-                length: 0,
-                stream_id,
-                type_: 1,
-                flags: 0,
-            },
-            metadata: ttrpc::context::from_pb(&req.metadata),
-            timeout_nano: req.timeout_nano,
-            connection_data: Default::default(),
-        };
-        let bytes = match method.handler(tctx, req).await {
-            Ok(resp) => frame::encode_response(stream_id, &resp),
-            Err(e) => response_frame(stream_id, &ttrpc::get_status(Code::UNKNOWN, e), Vec::new()),
-        };
-        let _ = tx.send(bytes).await;
-    }));
+    let shared = Arc::clone(&ctx.shared);
+    let slot: TransportSlot = Arc::default();
+    let call_slot = Arc::clone(&slot);
+    handlers.spawn(service::CONN_ID.scope(
+        conn,
+        TRANSPORT.scope(call_slot, async move {
+            let Some(method) = services
+                .get(&req.service)
+                .and_then(|s| s.methods.get(&req.method))
+            else {
+                return;
+            };
+            let tctx = ttrpc::r#async::TtrpcContext {
+                mh: ttrpc::MessageHeader {
+                    length: 0,
+                    stream_id,
+                    type_: 1,
+                    flags: 0,
+                },
+                metadata: ttrpc::context::from_pb(&req.metadata),
+                timeout_nano: req.timeout_nano,
+                connection_data: Default::default(),
+            };
+            let result = method.handler(tctx, req).await;
+            let fault = *slot.lock().unwrap_or_else(|p| p.into_inner());
+            let bytes = match (fault, result) {
+                (Some(TransportFault::Drop), _) => {
+                    // The fault closes this connection instead of answering.
+                    if let Some(kill) = shared
+                        .conns
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&conn)
+                    {
+                        let _ = kill.send(true);
+                    }
+                    return;
+                }
+                (Some(TransportFault::Corrupt), _) => frame::corrupt_frame(stream_id),
+                (None, Ok(resp)) => frame::encode_response(stream_id, &resp),
+                (None, Err(e)) => {
+                    response_frame(stream_id, &ttrpc::get_status(Code::UNKNOWN, e), Vec::new())
+                }
+            };
+            let _ = tx.send(bytes).await;
+        }),
+    ));
 }
 
 /// Where a socket file of this server lives, for callers that print it.

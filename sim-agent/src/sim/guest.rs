@@ -125,6 +125,8 @@ pub(crate) struct State {
     pub dead: bool,
     /// The VM's vCPUs are stopped: calls wait until it resumes.
     pub paused: bool,
+    /// Bumped by every agent restart; calls and connections of an older epoch end.
+    pub epoch: u64,
     pub next_pid: u32,
     pub interfaces: BTreeMap<String, types::Interface>,
     pub routes: Vec<types::Route>,
@@ -221,6 +223,45 @@ impl Guest {
             tokio::pin!(n);
             n.as_mut().enable();
             if !self.lock().paused {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// The agent restarts: its state (sandbox, containers, queued events) is lost, and the
+    /// processes it started go with it (it is the guest's init).
+    pub fn restart(&self) {
+        let procs: Vec<Arc<Proc>> = {
+            let mut st = self.lock();
+            let old = std::mem::take(&mut *st);
+            st.epoch = old.epoch + 1;
+            st.next_pid = old.next_pid;
+            st.online_vcpus = old.online_vcpus;
+            st.paused = old.paused;
+            st.scripts = old.scripts;
+            old.containers
+                .into_values()
+                .flat_map(|c| c.processes.into_values())
+                .collect()
+        };
+        self.notify();
+        for p in procs {
+            p.exit(128 + 9);
+        }
+    }
+
+    /// Resolves once the agent restarted after `epoch`.
+    pub async fn restarted(&self, epoch: u64) {
+        loop {
+            let n = self.changed.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.epoch() != epoch {
                 return;
             }
             n.await;

@@ -19,7 +19,7 @@ use protobuf::well_known_types::empty::Empty;
 
 use crate::agent::HostState;
 use crate::error::{AgentError, Result, code_name};
-use crate::fault::{CallInfo, FaultHook, NoFaults, Verdict};
+use crate::fault::{CallInfo, FaultHook, NoFaults, TransportFault, Verdict, request_transport};
 use crate::profile::AgentVersion;
 use crate::protocols::{agent, csi, health, types};
 use crate::rpc::{AgentRpc, CallOpts, KeyFields, Method};
@@ -113,6 +113,8 @@ struct Inner {
     trace: Trace,
     faults: std::sync::RwLock<Arc<dyn FaultHook>>,
     host: HostState,
+    /// The sandbox (VM id) this guest belongs to, for fault rules scoped to it.
+    label: std::sync::RwLock<Option<String>>,
 }
 
 impl SimAgent {
@@ -131,6 +133,7 @@ impl SimAgent {
                 trace,
                 faults: std::sync::RwLock::new(Arc::new(NoFaults)),
                 host: HostState::new(None),
+                label: std::sync::RwLock::new(None),
             }),
         })
     }
@@ -217,6 +220,36 @@ impl SimAgent {
         self.inner.guest.set_paused(paused);
     }
 
+    /// Names the sandbox (VM id) this guest belongs to: fault rules with `sandbox=ID` match
+    /// its calls.
+    pub fn set_sandbox_label(&self, id: &str) {
+        *self.inner.label.write().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
+    }
+
+    fn sandbox_label(&self) -> Option<String> {
+        self.inner
+            .label
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The agent restarts: every connection drops, calls in flight fail, and its state (the
+    /// sandbox, containers and their processes, queued events) is lost; then it serves again.
+    pub fn restart(&self) {
+        self.inner.guest.restart();
+    }
+
+    /// Resolves once the agent restarted after `epoch` ([`SimAgent::epoch`]).
+    pub async fn restarted(&self, epoch: u64) {
+        self.inner.guest.restarted(epoch).await
+    }
+
+    /// How many times the agent restarted.
+    pub fn epoch(&self) -> u64 {
+        self.inner.guest.epoch()
+    }
+
     /// Whether the guest died ([`SimAgent::kill`]).
     pub fn is_dead(&self) -> bool {
         self.inner.guest.is_dead()
@@ -241,6 +274,7 @@ impl SimAgent {
     ) -> Result<Resp>
     where
         Req: KeyFields + protobuf::MessageFull + Send,
+        Resp: protobuf::Message,
         F: FnOnce(Arc<Guest>, Req, u64) -> Fut + Send,
         Fut: std::future::Future<Output = Result<Resp>> + Send,
     {
@@ -250,6 +284,7 @@ impl SimAgent {
             .trace
             .begin(method.wire_name(), opts.conn, &fields);
         let guest = Arc::clone(&self.inner.guest);
+        let epoch = guest.epoch();
         let result = if guest.is_terminated() || guest.is_dead() {
             Err(AgentError::ConnectionClosed)
         } else if !guest.config.version.serves(method) {
@@ -261,33 +296,101 @@ impl SimAgent {
         } else {
             let verdict = {
                 let hook = Arc::clone(&self.inner.faults.read().unwrap_or_else(|p| p.into_inner()));
+                let label = self.sandbox_label();
                 hook.decide(&CallInfo {
-                    method,
+                    target: method.wire_name(),
+                    request: Req::descriptor().name(),
                     fields: &fields,
                     conn: opts.conn,
+                    sandbox: label.as_deref(),
                 })
             };
             if let Some(d) = verdict.describe() {
                 self.inner.trace.fault(seq, d);
             }
+            let container = fields
+                .iter()
+                .find(|(k, _)| *k == "container_id")
+                .map(|(_, v)| v.clone());
             let run = async {
                 // A paused VM runs no guest code: the call waits for the resume.
                 guest.running().await;
+                let mut drop_after = false;
+                let mut corrupt = false;
+                let mut slow = None;
                 match verdict {
                     Verdict::Pass => {}
                     Verdict::Fail(e) => return Err(e),
                     Verdict::Delay(d) => tokio::time::sleep(d).await,
                     Verdict::Hang => std::future::pending::<()>().await,
+                    Verdict::Drop { after: false } => {
+                        request_transport(TransportFault::Drop);
+                        return Err(AgentError::ConnectionClosed);
+                    }
+                    Verdict::Drop { after: true } => drop_after = true,
+                    Verdict::Corrupt => corrupt = true,
+                    Verdict::KillGuest => {
+                        // The caller's connection dies with the guest, unanswered.
+                        request_transport(TransportFault::Drop);
+                        guest.kill();
+                        return Err(AgentError::ConnectionClosed);
+                    }
+                    Verdict::Oom(c) => {
+                        if let Some(cid) = c.or(container) {
+                            // An unknown container gets its event; there is nothing to kill.
+                            if guest.oom_kill(&cid).is_err() {
+                                guest.push_oom(&cid);
+                            }
+                        }
+                    }
+                    Verdict::RestartAgent => {
+                        request_transport(TransportFault::Drop);
+                        guest.restart();
+                        return Err(AgentError::ConnectionClosed);
+                    }
+                    Verdict::Slow(bps) => {
+                        slow = matches!(
+                            method,
+                            Method::ReadStdout
+                                | Method::ReadStderr
+                                | Method::WriteStdin
+                                | Method::CopyFile
+                        )
+                        .then_some(bps)
+                    }
                 }
                 guest.check_policy(method, Req::descriptor().name())?;
-                model(Arc::clone(&guest), req, seq).await
+                let sent = if slow.is_some() {
+                    req.compute_size()
+                } else {
+                    0
+                };
+                let result = model(Arc::clone(&guest), req, seq).await;
+                if let Some(bps) = slow {
+                    let received = result
+                        .as_ref()
+                        .map(|r| r.compute_size())
+                        .unwrap_or_default();
+                    let bytes = sent + received;
+                    tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / bps as f64)).await;
+                }
+                if drop_after {
+                    // The side effect happened; the answer never leaves.
+                    request_transport(TransportFault::Drop);
+                    return Err(AgentError::ConnectionClosed);
+                }
+                if corrupt {
+                    request_transport(TransportFault::Corrupt);
+                }
+                result
             };
-            // A guest that dies fails every call in flight, before any answer its death
-            // caused (a wait that sees the killed process) can get out.
+            // A guest that dies or restarts fails every call in flight, before any answer
+            // its death caused (a wait that sees the killed process) can get out.
             let run = async {
                 tokio::select! {
                     biased;
                     _ = guest.died() => Err(AgentError::ConnectionClosed),
+                    _ = guest.restarted(epoch) => Err(AgentError::ConnectionClosed),
                     r = run => r,
                 }
             };

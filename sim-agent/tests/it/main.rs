@@ -2,6 +2,7 @@
 
 mod binary;
 mod conformance;
+mod faults;
 mod model;
 mod replay;
 mod support;
