@@ -1,6 +1,12 @@
-//! kata-sim: the project's main command and, later, its YAML scenarios.
+//! kata-sim: the project's main command, and YAML scenarios that replay a container lifecycle
+//! against a host runtime.
 //!
-//! - [`serve`]: `kata-sim serve`, the remote hypervisor and every guest agent it creates, for
-//!   real Kata runtimes configured with `hypervisor.remote`.
+//! - [`schema`]: the scenario format; [`load`]: loading it with located errors.
+//! - [`host`]: the built-in host runtime (personas `go` and `rs`); [`check`]: expectations.
+//! - [`serve`]: `kata-sim serve`, the remote hypervisor and every guest agent it creates.
 
+pub mod check;
+pub mod host;
+pub mod load;
+pub mod schema;
 pub mod serve;

@@ -45,6 +45,9 @@ pub struct SimConfig {
     pub deny: Vec<Method>,
     /// The seed of every random choice the guest makes (such as `/dev/urandom`).
     pub seed: u64,
+    /// Record calls into this trace (shared with a hypervisor's, for one ordered record);
+    /// a new trace when `None`.
+    pub trace: Option<Trace>,
 }
 
 impl SimConfig {
@@ -125,7 +128,7 @@ impl SimAgent {
 
     /// A guest built from `config`.
     pub fn with_config(config: SimConfig) -> std::io::Result<Self> {
-        let trace = Trace::default();
+        let trace = config.trace.clone().unwrap_or_default();
         let guest = Guest::new(config, trace.clone())?;
         Ok(SimAgent {
             inner: Arc::new(Inner {
@@ -180,6 +183,19 @@ impl SimAgent {
         self.inner
             .guest
             .write_termination_message(container_id, data)
+    }
+
+    /// Deletes the guest file behind a container's termination-message mount (as if the
+    /// container had removed it).
+    pub fn remove_termination_message(&self, container_id: &str) -> Result<()> {
+        let source = self.inner.guest.termination_log_source(container_id)?;
+        let path = self
+            .inner
+            .guest
+            .fs
+            .resolve(&source)
+            .map_err(|e| AgentError::internal(e.to_string()))?;
+        std::fs::remove_file(path).map_err(|e| AgentError::internal(e.to_string()))
     }
 
     /// Writes a guest file (any guest path, confined to the guest root).

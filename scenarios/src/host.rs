@@ -1,0 +1,1051 @@
+//! The built-in host runtime: runs a [`Scenario`] in-process against a [`SimHypervisor`] and its
+//! guest, as one of two personas faithful to upstream (kata-facts section 4):
+//!
+//! | | `go` (virtcontainers) | `rs` (runtime-rs) |
+//! |---|---|---|
+//! | sandbox start | CreateVM, StartVM, Check, CreateSandbox, GetGuestDetails | CreateVM, StartVM, CreateSandbox, GetGuestDetails |
+//! | background | GetOOMEvent loop (1 s back-off); monitor: VM check + Check every 5 s, markDead on failure | GetOOMEvent loop (no back-off); Check every 30 s |
+//! | container | CopyFile (shared_fs none), CreateContainer (exec id = container id) | CopyFile, CreateContainer (exec id "") |
+//! | output | ReadStdout/ReadStderr (32 KiB) to the end, then WaitProcess | the same with 8 KiB |
+//! | stop | SignalProcess(9, all), WaitProcess, GetDiagnosticData*, RemoveContainer(0), RemoveStaleVirtiofsShareMounts | GetDiagnosticData*, SignalProcess(9), RemoveContainer(10) |
+//! | sandbox stop | DestroySandbox, StopVM | StopVM (no DestroySandbox) |
+//!
+//! `*` only when shared_fs is none, the container's terminationMessagePolicy is `File` and
+//! terminationMessagePath is set; non-empty data goes to the host file behind the mount whose
+//! destination is that path. Every failure of that copy is a warning; teardown continues.
+//! Go's deadlines come from [`sim_agent::Agent`]'s table; runtime-rs's are 30 s per request.
+//! Run it on tokio's paused clock: a 60 s deadline costs nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use serde::Serialize;
+use sim_agent::fault::{FaultEngine, FaultGuard};
+use sim_agent::protocols::{agent, oci};
+use sim_agent::{Agent, AgentRpc, AgentVersion, CallOpts, SimAgent, SimConfig, Trace};
+use sim_hypervisor::{Hypervisor, HypervisorConfig, Network, SimHypervisor, SimVmConfig};
+use tokio::task::JoinHandle;
+
+use crate::schema::{Persona, Scenario, SharedFs, Step, Teardown};
+
+const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
+const TERMINATION_MESSAGE_POLICY: &str = "io.kubernetes.container.terminationMessagePolicy";
+const SHARED: &str = "/run/kata-containers/shared/containers";
+
+/// How long (on the paused clock) one step may take before the run gives up on it.
+pub const STEP_LIMIT: Duration = Duration::from_secs(3600);
+
+/// What one process did, as the host saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProcessOutcome {
+    /// Its exit status, once the host reaped it.
+    pub exit_code: Option<i32>,
+    /// All of its stdout.
+    pub stdout: String,
+    /// All of its stderr.
+    pub stderr: String,
+}
+
+/// The normalized record of a run: what a snapshot holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// The scenario.
+    pub name: String,
+    /// The persona that ran it.
+    pub persona: Persona,
+    /// The seed.
+    pub seed: u64,
+    /// Every agent RPC and VM operation, in order: `Method key=value -> STATUS [fault]`.
+    pub calls: Vec<String>,
+    /// The faults that fired: `#rule Target action`.
+    pub faults: Vec<String>,
+    /// Processes by `container` or `container/exec`.
+    pub processes: BTreeMap<String, ProcessOutcome>,
+    /// The host termination-message file of each container that has one (`None`: absent).
+    pub host_files: BTreeMap<String, Option<String>>,
+    /// Errors the host reported (failed steps).
+    pub errors: Vec<String>,
+    /// Warnings the host logged (and went on).
+    pub warnings: Vec<String>,
+    /// Whether the sandbox was torn down.
+    pub teardown: Teardown,
+    /// Containers left in the guest at the end, sorted.
+    pub guest_containers: Vec<String>,
+}
+
+#[derive(Debug)]
+struct HostContainer {
+    exec_id: String,
+    host_file: Option<PathBuf>,
+    term_path: Option<String>,
+    policy: String,
+    removed: bool,
+}
+
+type Collected = Arc<Mutex<BTreeMap<String, ProcessOutcome>>>;
+
+/// The host runtime during one run.
+struct Host {
+    persona: Persona,
+    shared_fs: SharedFs,
+    vm: SimHypervisor,
+    agent: Option<SimAgent>,
+    engine: FaultEngine,
+    guards: Vec<(String, FaultGuard)>,
+    host_dir: PathBuf,
+    rng: ChaCha8Rng,
+    containers: BTreeMap<String, HostContainer>,
+    waiters: BTreeMap<String, JoinHandle<Result<i32, String>>>,
+    processes: Collected,
+    background: Vec<JoinHandle<()>>,
+    log: Arc<Mutex<Log>>,
+    sandbox_up: bool,
+    vm_stopped: bool,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+fn rs_opts() -> CallOpts {
+    CallOpts::with_timeout(Duration::from_secs(30))
+}
+
+fn closed(e: &sim_agent::AgentError) -> bool {
+    matches!(
+        e,
+        sim_agent::AgentError::ConnectionClosed
+            | sim_agent::AgentError::DeadAgent
+            | sim_agent::AgentError::Transport(_)
+    )
+}
+
+impl Host {
+    fn warn(&self, w: String) {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .warnings
+            .push(w);
+    }
+
+    fn error(&self, e: String) {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .errors
+            .push(e);
+    }
+
+    fn agent(&self) -> Result<&SimAgent, String> {
+        self.agent
+            .as_ref()
+            .ok_or_else(|| "no sandbox: create_sandbox first".to_string())
+    }
+
+    fn exec_key(container: &str, exec: Option<&str>) -> String {
+        match exec {
+            Some(e) => format!("{container}/{e}"),
+            None => container.to_string(),
+        }
+    }
+
+    async fn create_sandbox(&mut self, id: &str, hostname: &str) -> Result<(), String> {
+        let mut config = HypervisorConfig::default();
+        config
+            .annotations
+            .insert("io.kubernetes.cri.sandbox-name".into(), id.to_string());
+        self.vm
+            .create_vm(id.to_string(), Network::default(), config)
+            .await
+            .map_err(|e| format!("CreateVM: {e}"))?;
+        self.vm
+            .start_vm(600)
+            .await
+            .map_err(|e| format!("StartVM: {e}"))?;
+        let agent = self.vm.agent().ok_or("the VM has no guest")?;
+        self.agent = Some(agent.clone());
+        self.sandbox_up = true;
+        let req = agent::CreateSandboxRequest {
+            hostname: hostname.to_string(),
+            sandbox_id: id.to_string(),
+            storages: vec![agent::Storage {
+                driver: "ephemeral".into(),
+                source: "shm".into(),
+                fstype: "tmpfs".into(),
+                mount_point: "/run/kata-containers/sandbox/shm".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        match self.persona {
+            Persona::Go => {
+                Agent::start_sandbox(&agent, req)
+                    .await
+                    .map_err(|e| format!("CreateSandbox: {e}"))?;
+                Agent::get_guest_details(
+                    &agent,
+                    agent::GuestDetailsRequest {
+                        mem_block_size: true,
+                        mem_hotplug_probe: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| format!("GetGuestDetails: {e}"))?;
+            }
+            Persona::Rs => {
+                AgentRpc::create_sandbox(&agent, req, rs_opts())
+                    .await
+                    .map_err(|e| format!("CreateSandbox: {e}"))?;
+                AgentRpc::get_guest_details(
+                    &agent,
+                    agent::GuestDetailsRequest {
+                        mem_block_size: true,
+                        mem_hotplug_probe: true,
+                        ..Default::default()
+                    },
+                    rs_opts(),
+                )
+                .await
+                .map_err(|e| format!("GetGuestDetails: {e}"))?;
+            }
+        }
+        self.spawn_background(agent);
+        Ok(())
+    }
+
+    /// The OOM loop and the liveness monitor of the persona.
+    fn spawn_background(&mut self, agent: SimAgent) {
+        let persona = self.persona;
+        let log = Arc::clone(&self.log);
+        let a = agent.clone();
+        self.background.push(tokio::spawn(async move {
+            let mut errors = 0u32;
+            loop {
+                match Agent::get_oom_event(&a).await {
+                    Ok(cid) => log
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .warnings
+                        .push(format!("OOM event for container {cid}")),
+                    Err(e) if closed(&e) => return,
+                    Err(_) => {
+                        errors += 1;
+                        // The runtime would spin; the run stops it after a while.
+                        if errors > 100 {
+                            return;
+                        }
+                        if persona == Persona::Go {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        } else {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+            }
+        }));
+        let log = Arc::clone(&self.log);
+        let vm = self.vm.clone();
+        self.background.push(tokio::spawn(async move {
+            let period = match persona {
+                Persona::Go => Duration::from_secs(5),
+                Persona::Rs => Duration::from_secs(30),
+            };
+            loop {
+                tokio::time::sleep(period).await;
+                let failed = match persona {
+                    Persona::Go => match vm.check().await {
+                        Err(e) => Some(format!("failed to ping hypervisor: {e}")),
+                        Ok(()) => Agent::check(&agent)
+                            .await
+                            .err()
+                            .map(|e| format!("failed to ping agent: {e}")),
+                    },
+                    Persona::Rs => AgentRpc::check(&agent, Default::default(), rs_opts())
+                        .await
+                        .err()
+                        .map(|e| format!("health check failed: {e}")),
+                };
+                if let Some(why) = failed {
+                    if persona == Persona::Go {
+                        agent.mark_dead();
+                    }
+                    log.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .warnings
+                        .push(format!("sandbox stopped unexpectedly: {why}"));
+                    return;
+                }
+            }
+        }));
+    }
+
+    async fn create_container(
+        &mut self,
+        spec: &crate::schema::ContainerSpec,
+    ) -> Result<(), String> {
+        let agent = self.agent()?.clone();
+        let cid = spec.id.clone();
+        let exec_id = match self.persona {
+            Persona::Go => cid.clone(),
+            Persona::Rs => String::new(),
+        };
+        let rootfs = match self.persona {
+            Persona::Go => format!("{SHARED}/{cid}/rootfs"),
+            Persona::Rs => format!("/run/kata-containers/{cid}/rootfs"),
+        };
+        let mut annotations = spec.annotations.clone();
+        let mut mounts = vec![oci::Mount {
+            destination: "/proc".into(),
+            source: "proc".into(),
+            type_: "proc".into(),
+            ..Default::default()
+        }];
+        let mut host_file = None;
+        let policy = spec
+            .termination_message_policy
+            .clone()
+            .unwrap_or_else(|| "File".into());
+        let mut files: Vec<(String, Vec<u8>, u32)> = Vec::new();
+        if let Some(path) = &spec.termination_message_path {
+            annotations.insert(TERMINATION_MESSAGE_PATH.into(), path.clone());
+            annotations.insert(TERMINATION_MESSAGE_POLICY.into(), policy.clone());
+            let file = self.host_dir.join(format!("{cid}-termination-log"));
+            std::fs::write(&file, b"").map_err(|e| format!("host file: {e}"))?;
+            if spec.host_file_unwritable {
+                // Even root cannot write a file where a directory is.
+                std::fs::remove_file(&file).map_err(|e| e.to_string())?;
+                std::fs::create_dir(&file).map_err(|e| e.to_string())?;
+            }
+            host_file = Some(file);
+            files.push((path.clone(), Vec::new(), 0o100644));
+        }
+        for (dest, content) in &spec.mounts {
+            files.push((dest.clone(), content.clone().into_bytes(), 0o100644));
+        }
+        for (dest, content, mode) in files {
+            // Without sharing, the runtime copies each file in and mounts the copy; with
+            // virtio-fs the guest sees the shared directory (modelled as the same copy).
+            let name = dest.rsplit('/').next().unwrap_or("file").to_string();
+            let guest = format!("{SHARED}/{cid}-{:016x}-{name}", self.rng.next_u64());
+            let local = self.host_dir.join(format!("copy-{cid}-{name}"));
+            std::fs::write(&local, &content).map_err(|e| e.to_string())?;
+            match self.persona {
+                Persona::Go => Agent::copy_file(&agent, local, guest.clone())
+                    .await
+                    .map_err(|e| format!("CopyFile {guest}: {e}"))?,
+                Persona::Rs => {
+                    AgentRpc::copy_file(
+                        &agent,
+                        agent::CopyFileRequest {
+                            path: guest.clone(),
+                            file_size: content.len() as i64,
+                            file_mode: mode,
+                            data: content,
+                            ..Default::default()
+                        },
+                        rs_opts(),
+                    )
+                    .await
+                    .map_err(|e| format!("CopyFile {guest}: {e}"))?;
+                }
+            }
+            mounts.push(oci::Mount {
+                destination: dest,
+                source: guest,
+                type_: "bind".into(),
+                options: vec!["rbind".into(), "rw".into()],
+                ..Default::default()
+            });
+        }
+        let caps = ["CAP_CHOWN", "CAP_KILL"].map(String::from).to_vec();
+        let process = oci::Process {
+            Terminal: spec.terminal,
+            Args: spec.args.clone(),
+            Env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            Cwd: "/".into(),
+            Capabilities: Some(oci::LinuxCapabilities {
+                Bounding: caps.clone(),
+                Effective: caps.clone(),
+                Permitted: caps,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let oci = oci::Spec {
+            Version: "1.1.0".into(),
+            Process: Some(process).into(),
+            Root: Some(oci::Root {
+                Path: rootfs,
+                ..Default::default()
+            })
+            .into(),
+            Mounts: mounts,
+            Annotations: annotations.clone().into_iter().collect(),
+            ..Default::default()
+        };
+        let oci_annotations = annotations;
+        let req = agent::CreateContainerRequest {
+            container_id: cid.clone(),
+            exec_id: exec_id.clone(),
+            OCI: Some(oci).into(),
+            ..Default::default()
+        };
+        match self.persona {
+            Persona::Go => Agent::create_container(&agent, req).await,
+            Persona::Rs => AgentRpc::create_container(&agent, req, rs_opts())
+                .await
+                .map(|_| ()),
+        }
+        .map_err(|e| format!("CreateContainer {cid}: {e}"))?;
+        // As upstream, the copy is decided from the container's annotations.
+        let term_path = oci_annotations
+            .get(TERMINATION_MESSAGE_PATH)
+            .filter(|p| !p.is_empty())
+            .cloned();
+        let policy = oci_annotations
+            .get(TERMINATION_MESSAGE_POLICY)
+            .cloned()
+            .unwrap_or(policy);
+        self.containers.insert(
+            cid,
+            HostContainer {
+                exec_id,
+                host_file,
+                term_path,
+                policy,
+                removed: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Reads a process's output to its end, then reaps it.
+    fn spawn_io(&mut self, cid: &str, exec: Option<&str>, eid: String) {
+        let Some(agent) = self.agent.clone() else {
+            return;
+        };
+        let key = Self::exec_key(cid, exec);
+        let persona = self.persona;
+        let processes = Arc::clone(&self.processes);
+        processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default();
+        let cid = cid.to_string();
+        let k = key.clone();
+        let task = tokio::spawn(async move {
+            let len = match persona {
+                Persona::Go => 32 * 1024,
+                Persona::Rs => 8 * 1024,
+            };
+            let reader = |stderr: bool| {
+                let agent = agent.clone();
+                let (cid, eid) = (cid.clone(), eid.clone());
+                let processes = Arc::clone(&processes);
+                let k = k.clone();
+                async move {
+                    loop {
+                        let r = if stderr {
+                            Agent::read_process_stderr(&agent, cid.clone(), eid.clone(), len).await
+                        } else {
+                            Agent::read_process_stdout(&agent, cid.clone(), eid.clone(), len).await
+                        };
+                        // Empty data (4.x agents) and any error (older agents' "eof") end it.
+                        let Ok(data) = r else { return };
+                        if data.is_empty() {
+                            return;
+                        }
+                        let mut p = processes.lock().unwrap_or_else(|p| p.into_inner());
+                        let entry = p.entry(k.clone()).or_default();
+                        let text = String::from_utf8_lossy(&data);
+                        if stderr {
+                            entry.stderr.push_str(&text);
+                        } else {
+                            entry.stdout.push_str(&text);
+                        }
+                    }
+                }
+            };
+            tokio::join!(reader(false), reader(true));
+            let status = Agent::wait_process(&agent, cid.clone(), eid.clone()).await;
+            let code = match (persona, status) {
+                (_, Ok(code)) => Ok(code),
+                // runtime-rs counts a failed wait as exit 255.
+                (Persona::Rs, Err(_)) => Ok(255),
+                (Persona::Go, Err(e)) => Err(format!("Wait for process failed: {e}")),
+            };
+            if let Ok(c) = &code {
+                processes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(k)
+                    .or_default()
+                    .exit_code = Some(*c);
+            }
+            code
+        });
+        self.waiters.insert(key, task);
+    }
+
+    async fn wait(&mut self, key: &str) -> Result<(), String> {
+        let task = self
+            .waiters
+            .remove(key)
+            .ok_or_else(|| format!("{key} is not started"))?;
+        match task.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(format!("wait for {key}: {e}")),
+        }
+    }
+
+    async fn stop(&mut self, cid: &str) -> Result<(), String> {
+        let agent = self.agent()?.clone();
+        let Some(c) = self.containers.get(cid) else {
+            return Err(format!("container {cid} is not created"));
+        };
+        if c.removed {
+            return Ok(());
+        }
+        let copy = self.shared_fs == SharedFs::None && c.policy == "File" && c.term_path.is_some();
+        let host_file = c.host_file.clone();
+        let exec_id = c.exec_id.clone();
+        match self.persona {
+            Persona::Go => {
+                if let Err(e) =
+                    Agent::signal_process(&agent, cid.into(), exec_id.clone(), 9, true).await
+                {
+                    self.warn(format!("kill {cid}: {e}"));
+                }
+                self.let_waiter_reap(cid).await;
+                // Usually fails: the shim's waiter reaped the process already. Ignored, as
+                // upstream does.
+                let _ = Agent::wait_process(&agent, cid.into(), exec_id.clone()).await;
+                if copy {
+                    self.copy_termination_message(&agent, cid, host_file.as_ref())
+                        .await;
+                }
+                let r = Agent::stop_container(&agent, cid.into()).await;
+                let _ = Agent::remove_stale_virtiofs_share_mounts(&agent).await;
+                r.map_err(|e| format!("RemoveContainer {cid}: {e}"))?;
+            }
+            Persona::Rs => {
+                if copy {
+                    self.copy_termination_message(&agent, cid, host_file.as_ref())
+                        .await;
+                }
+                let req = agent::SignalProcessRequest {
+                    container_id: cid.into(),
+                    exec_id: String::new(),
+                    signal: 9,
+                    ..Default::default()
+                };
+                if let Err(e) = AgentRpc::signal_process(&agent, req, rs_opts()).await
+                    && !closed(&e)
+                {
+                    self.warn(format!("kill {cid}: {e}"));
+                }
+                self.let_waiter_reap(cid).await;
+                let req = agent::RemoveContainerRequest {
+                    container_id: cid.into(),
+                    timeout: 10,
+                    ..Default::default()
+                };
+                AgentRpc::remove_container(&agent, req, rs_opts())
+                    .await
+                    .map_err(|e| format!("RemoveContainer {cid}: {e}"))?;
+            }
+        }
+        if self.shared_fs == SharedFs::VirtioFs {
+            // The shared file is the host file: what the container wrote is there.
+            self.sync_shared(cid);
+        }
+        if let Some(c) = self.containers.get_mut(cid) {
+            c.removed = true;
+        }
+        Ok(())
+    }
+
+    /// After a kill, the shim's waiter (output at its end, then WaitProcess) reaps the process
+    /// before the stop goes on, as on a real host where the signal wakes it first. Bounded: a
+    /// process that ignores the kill does not hold the stop.
+    async fn let_waiter_reap(&mut self, cid: &str) {
+        if let Some(w) = self.waiters.remove(cid) {
+            match tokio::time::timeout(Duration::from_secs(1), w).await {
+                Ok(Ok(Err(e))) => self.error(e),
+                Ok(_) => {}
+                Err(_) => self.warn(format!("{cid} did not exit within 1 s of SIGKILL")),
+            }
+        }
+    }
+
+    /// virtio-fs: the host file shows what the guest wrote to the shared copy.
+    fn sync_shared(&self, cid: &str) {
+        let (Some(agent), Some(c)) = (self.agent.as_ref(), self.containers.get(cid)) else {
+            return;
+        };
+        let (Some(file), Some(_)) = (&c.host_file, &c.term_path) else {
+            return;
+        };
+        let prefix = format!("{SHARED}/{cid}-");
+        let root = agent.guest_root().join(SHARED.trim_start_matches('/'));
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let name = format!("{SHARED}/{}", e.file_name().to_string_lossy());
+                if name.starts_with(&prefix)
+                    && name.ends_with("-termination-log")
+                    && let Ok(data) = std::fs::read(e.path())
+                {
+                    let _ = std::fs::write(file, data);
+                }
+            }
+        }
+    }
+
+    async fn copy_termination_message(&self, agent: &SimAgent, cid: &str, host: Option<&PathBuf>) {
+        let r = match self.persona {
+            Persona::Go => {
+                Agent::get_diagnostic_data(agent, "termination_log".into(), cid.into()).await
+            }
+            Persona::Rs => AgentRpc::get_diagnostic_data(
+                agent,
+                agent::GetDiagnosticDataRequest {
+                    log_type: "termination_log".into(),
+                    container_id: cid.into(),
+                    ..Default::default()
+                },
+                rs_opts(),
+            )
+            .await
+            .map(|r| r.data),
+        };
+        match r {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => {
+                let Some(path) = host else {
+                    self.warn(format!(
+                        "termination message of {cid}: no host mount for the path"
+                    ));
+                    return;
+                };
+                if let Err(e) = std::fs::write(path, data.as_bytes()) {
+                    self.warn(format!(
+                        "could not write the termination message of {cid}: {e}"
+                    ));
+                }
+            }
+            Err(e) => self.warn(format!(
+                "could not copy the termination message of {cid}: {e}"
+            )),
+        }
+    }
+
+    async fn destroy_sandbox(&mut self) -> Result<(), String> {
+        if !self.sandbox_up {
+            return Ok(());
+        }
+        let mut first_error = None;
+        let live: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| !c.removed)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for cid in live {
+            // A forced sandbox stop goes on past a container that does not stop.
+            if let Err(e) = self.stop(&cid).await {
+                self.warn(format!("stopping {cid} during teardown: {e}"));
+            }
+        }
+        if self.persona == Persona::Go
+            && let Some(agent) = self.agent.clone()
+            && let Err(e) = Agent::stop_sandbox(&agent).await
+        {
+            self.warn(format!("Agent did not stop sandbox: {e}"));
+        }
+        for b in self.background.drain(..) {
+            b.abort();
+        }
+        if !self.vm_stopped && self.vm.state() == Some(sim_hypervisor::VmState::Stopped) {
+            self.warn("the VM was already stopped (it died)".into());
+            self.vm_stopped = true;
+        }
+        if !self.vm_stopped {
+            match self.vm.stop_vm(false).await {
+                Ok(()) => {}
+                Err(e) if self.persona == Persona::Rs => {
+                    self.warn(format!("StopVM failed (VM may already be gone): {e}"))
+                }
+                Err(e) => {
+                    first_error.get_or_insert(format!("StopVM: {e}"));
+                }
+            }
+            self.vm_stopped = true;
+        }
+        self.sandbox_up = false;
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn describe_event(e: &sim_agent::TraceEvent) -> String {
+    let mut line = e.method.clone();
+    for (k, v) in &e.fields {
+        // Paths of copied files carry a random part that the seed fixes; keep them.
+        line.push_str(&format!(" {k}={v}"));
+    }
+    let status = if e.status.is_empty() {
+        "(pending)"
+    } else {
+        e.status.as_str()
+    };
+    line.push_str(&format!(" -> {status}"));
+    if let Some(f) = &e.fault {
+        line.push_str(&format!(" [fault: {f}]"));
+    }
+    line
+}
+
+/// Runs a scenario with the built-in host. Call it on a runtime with a paused clock
+/// (`tokio::test(start_paused = true)` or a current-thread runtime with `start_paused`).
+pub async fn run(s: &Scenario) -> Outcome {
+    let state = tempfile::Builder::new()
+        .prefix("kata-sim-run-")
+        .tempdir()
+        .expect("a temp dir for the run");
+    let host_dir = state.path().join("host");
+    std::fs::create_dir_all(&host_dir).expect("host dir");
+    let trace = Trace::default();
+    let engine = FaultEngine::new(s.seed);
+    let version = s
+        .config
+        .agent_version
+        .as_deref()
+        .and_then(|v| v.parse::<AgentVersion>().ok())
+        .unwrap_or_default();
+    let mut agent = SimConfig::for_version(version);
+    agent.seed = s.seed;
+    agent.trace = Some(trace.clone());
+    let vm = SimHypervisor::new(SimVmConfig {
+        state_dir: state.path().join("vms"),
+        boot_time: Duration::from_millis(10),
+        agent,
+        trace: Some(trace.clone()),
+        faults: Some(Arc::new(engine.clone())),
+        ..Default::default()
+    });
+    let mut host = Host {
+        persona: s.config.persona,
+        shared_fs: s.config.shared_fs,
+        vm,
+        agent: None,
+        engine: engine.clone(),
+        guards: Vec::new(),
+        host_dir,
+        rng: ChaCha8Rng::seed_from_u64(s.seed),
+        containers: BTreeMap::new(),
+        waiters: BTreeMap::new(),
+        processes: Arc::default(),
+        background: Vec::new(),
+        log: Arc::default(),
+        sandbox_up: false,
+        vm_stopped: false,
+    };
+    for rule in &s.faults {
+        if let Ok(g) = engine.install(rule) {
+            host.guards.push((rule.clone(), g));
+        }
+    }
+    for (i, step) in s.steps.iter().enumerate() {
+        // A step that never ends (a hang without a deadline) ends the run's patience instead.
+        match tokio::time::timeout(STEP_LIMIT, run_step(&mut host, s, step)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => host.error(format!("steps[{i}]: {e}")),
+            Err(_) => host.error(format!(
+                "steps[{i}]: did not finish within {} s",
+                STEP_LIMIT.as_secs()
+            )),
+        }
+    }
+    // Whatever the steps left running is reaped, as a shim exiting would.
+    let teardown_ok = if host.sandbox_up {
+        host.destroy_sandbox().await.is_ok()
+    } else {
+        true
+    };
+    for (_, w) in std::mem::take(&mut host.waiters) {
+        w.abort();
+    }
+    for b in host.background.drain(..) {
+        b.abort();
+    }
+    let guest_containers = host
+        .agent
+        .as_ref()
+        .map(|a| {
+            if a.is_dead() {
+                Vec::new()
+            } else {
+                a.container_ids()
+            }
+        })
+        .unwrap_or_default();
+    // Torn down: the VM is stopped, and no container is left in a guest that still lives.
+    let guest_dead = host.agent.as_ref().is_some_and(SimAgent::is_dead);
+    let all_removed = host.containers.values().all(|c| c.removed) || guest_dead;
+    let teardown = if teardown_ok && all_removed && host.vm_stopped == host.agent.is_some() {
+        Teardown::Completed
+    } else {
+        Teardown::Incomplete
+    };
+    let host_files = host
+        .containers
+        .iter()
+        .filter_map(|(id, c)| {
+            c.host_file.as_ref().map(|f| {
+                let content = std::fs::read(f)
+                    .ok()
+                    .map(|d| String::from_utf8_lossy(&d).into_owned());
+                (id.clone(), content)
+            })
+        })
+        .collect();
+    let log = std::mem::take(&mut *host.log.lock().unwrap_or_else(|p| p.into_inner()));
+    let processes = host
+        .processes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Outcome {
+        name: s.name.clone(),
+        persona: s.config.persona,
+        seed: s.seed,
+        calls: trace.events().iter().map(describe_event).collect(),
+        faults: engine
+            .fired()
+            .iter()
+            .map(|f| format!("#{} {} {}", f.rule, f.target, f.action))
+            .collect(),
+        processes,
+        host_files,
+        errors: log.errors,
+        warnings: log.warnings,
+        teardown,
+        guest_containers,
+    }
+}
+
+async fn run_step(host: &mut Host, s: &Scenario, step: &Step) -> Result<(), String> {
+    match step {
+        Step::CreateSandbox(spec) => {
+            let id = spec.id.clone().unwrap_or_else(|| "sandbox".into());
+            // Scripted programs apply from the start.
+            let r = host
+                .create_sandbox(&id, spec.hostname.as_deref().unwrap_or(""))
+                .await;
+            if let Some(agent) = &host.agent {
+                for (cid, p) in &s.guest.programs {
+                    agent.script(sim_agent::ScriptMatch::container(cid), script(p));
+                }
+            }
+            r
+        }
+        Step::CreateContainer(spec) => host.create_container(spec).await,
+        Step::Start(cid) => {
+            let agent = host.agent()?.clone();
+            match host.persona {
+                Persona::Go => Agent::start_container(&agent, cid.clone()).await,
+                Persona::Rs => AgentRpc::start_container(
+                    &agent,
+                    agent::StartContainerRequest {
+                        container_id: cid.clone(),
+                        ..Default::default()
+                    },
+                    rs_opts(),
+                )
+                .await
+                .map(|_| ()),
+            }
+            .map_err(|e| format!("StartContainer {cid}: {e}"))?;
+            let eid = host
+                .containers
+                .get(cid)
+                .map(|c| c.exec_id.clone())
+                .unwrap_or_default();
+            host.spawn_io(cid, None, eid);
+            Ok(())
+        }
+        Step::Exec(e) => {
+            let agent = host.agent()?.clone();
+            let process = oci::Process {
+                Args: e.args.clone(),
+                Cwd: "/".into(),
+                ..Default::default()
+            };
+            Agent::exec(
+                &agent,
+                agent::ExecProcessRequest {
+                    container_id: e.container.clone(),
+                    exec_id: e.id.clone(),
+                    process: Some(process).into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| format!("ExecProcess {}/{}: {err}", e.container, e.id))?;
+            host.spawn_io(&e.container, Some(&e.id), e.id.clone());
+            Ok(())
+        }
+        Step::WriteStdin(w) => {
+            let agent = host.agent()?.clone();
+            let eid = process_id(host, &w.container, w.exec.as_deref());
+            Agent::write_process_stdin(
+                &agent,
+                w.container.clone(),
+                eid,
+                w.data.clone().into_bytes(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("WriteStdin: {e}"))
+        }
+        Step::CloseStdin(p) => {
+            let agent = host.agent()?.clone();
+            let eid = process_id(host, &p.container, p.exec.as_deref());
+            Agent::close_process_stdin(&agent, p.container.clone(), eid)
+                .await
+                .map_err(|e| format!("CloseStdin: {e}"))
+        }
+        Step::Kill(k) => {
+            let agent = host.agent()?.clone();
+            let eid = process_id(host, &k.container, k.exec.as_deref());
+            Agent::signal_process(
+                &agent,
+                k.container.clone(),
+                eid,
+                k.signal.unwrap_or(15),
+                false,
+            )
+            .await
+            .map_err(|e| format!("SignalProcess: {e}"))
+        }
+        Step::Wait(key) => host.wait(key).await,
+        Step::Stop(cid) => host.stop(cid).await,
+        Step::Pause(cid) => {
+            let agent = host.agent()?.clone();
+            Agent::pause_container(&agent, cid.clone())
+                .await
+                .map_err(|e| format!("PauseContainer: {e}"))
+        }
+        Step::Resume(cid) => {
+            let agent = host.agent()?.clone();
+            Agent::resume_container(&agent, cid.clone())
+                .await
+                .map_err(|e| format!("ResumeContainer: {e}"))
+        }
+        Step::Update(u) => {
+            let agent = host.agent()?.clone();
+            let resources = oci::LinuxResources {
+                CPU: Some(oci::LinuxCPU {
+                    Shares: u.cpu_shares.unwrap_or(0),
+                    ..Default::default()
+                })
+                .into(),
+                Memory: Some(oci::LinuxMemory {
+                    Limit: u.memory_limit.unwrap_or(0),
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            };
+            Agent::update_container(&agent, u.container.clone(), resources)
+                .await
+                .map_err(|e| format!("UpdateContainer: {e}"))
+        }
+        Step::Stats(cid) => {
+            let agent = host.agent()?.clone();
+            Agent::stats_container(&agent, cid.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("StatsContainer: {e}"))
+        }
+        Step::DestroySandbox => host.destroy_sandbox().await,
+        Step::PushOom(cid) => host
+            .agent()?
+            .oom_kill(cid)
+            .map_err(|e| format!("push_oom {cid}: {e}")),
+        Step::KillGuest => {
+            host.vm.kill().await;
+            Ok(())
+        }
+        Step::RemoveTerminationMessage(cid) => host
+            .agent()?
+            .remove_termination_message(cid)
+            .map_err(|e| format!("remove_termination_message: {e}")),
+        Step::WriteTerminationMessage(t) => host
+            .agent()?
+            .write_termination_message(&t.container, t.data.as_bytes())
+            .map_err(|e| format!("write_termination_message: {e}")),
+        Step::AdvanceTime(secs) => {
+            tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await;
+            Ok(())
+        }
+        Step::AddFault(rule) => {
+            let g = host.engine.install(rule).map_err(|e| e.message)?;
+            host.guards.push((rule.clone(), g));
+            Ok(())
+        }
+        Step::RemoveFault(rule) => {
+            host.guards.retain(|(r, _)| r != rule);
+            Ok(())
+        }
+    }
+}
+
+fn process_id(host: &Host, cid: &str, exec: Option<&str>) -> String {
+    match exec {
+        Some(e) => e.to_string(),
+        None => host
+            .containers
+            .get(cid)
+            .map(|c| c.exec_id.clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn script(p: &crate::schema::Program) -> sim_agent::ProcessScript {
+    let mut s = sim_agent::ProcessScript::default()
+        .stdout(p.stdout.clone())
+        .stderr(p.stderr.clone())
+        .run_time(p.run_secs.map(Duration::from_secs_f64));
+    s.exit_code = p.exit_code;
+    s.on_signal = match p.on_signal.as_deref() {
+        Some("ignore") => sim_agent::SignalReaction::Ignore,
+        Some(code) => code
+            .parse::<i32>()
+            .map(sim_agent::SignalReaction::Exit)
+            .unwrap_or_default(),
+        None => sim_agent::SignalReaction::Default,
+    };
+    s
+}
+
+/// Runs a scenario to its outcome on a fresh current-thread runtime with a paused clock, so
+/// timeouts and delays cost no real time and the run is deterministic.
+pub fn run_blocking(s: &Scenario) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(run(s))
+}
