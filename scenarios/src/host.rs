@@ -927,7 +927,8 @@ async fn run_step(host: &mut Host, s: &Scenario, step: &Step) -> Result<(), Stri
         }
         Step::Kill(k) => {
             let agent = host.agent()?.clone();
-            let eid = process_id(host, &k.container, k.exec.as_deref());
+            // Both runtimes signal a container's init process with exec id "" (recorded).
+            let eid = k.exec.clone().unwrap_or_default();
             Agent::signal_process(
                 &agent,
                 k.container.clone(),

@@ -3,10 +3,12 @@
 //!
 //! - [`schema`]: the scenario format; [`load`]: loading it with located errors.
 //! - [`host`]: the built-in host runtime (personas `go` and `rs`); [`check`]: expectations.
+//! - [`runner`]: `kata-sim run` and `check`: finding files, summaries, JUnit.
 //! - [`serve`]: `kata-sim serve`, the remote hypervisor and every guest agent it creates.
 
 pub mod check;
 pub mod host;
 pub mod load;
+pub mod runner;
 pub mod schema;
 pub mod serve;

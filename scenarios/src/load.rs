@@ -110,6 +110,9 @@ pub fn field_path(text: &str, line: usize, column: usize) -> String {
         }
     } else if let Some(k) = key_of(&here[col..]) {
         parts.push(k);
+    } else if let Some(k) = key_of(here) {
+        // A value on a `key: value` line.
+        parts.push(k);
     }
     let mut indent = indent_of(here);
     let mut i = line - 1;
@@ -211,6 +214,7 @@ pub fn load(file: &Path) -> Result<Scenario, LoadError> {
 fn find(text: &str, needle: &str) -> (usize, usize) {
     text.lines()
         .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with('#'))
         .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
         .unwrap_or((0, 0))
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use kata_sim::runner;
+use kata_sim::schema::Persona;
 use kata_sim::serve::{ServeOptions, start};
 use sim_agent::AgentVersion;
 
@@ -43,6 +45,26 @@ enum Command {
         #[arg(long)]
         control: Option<PathBuf>,
     },
+    /// Run scenarios with the built-in host (default: the bundled library).
+    Run {
+        /// Scenario files or directories (default: `scenarios/library`).
+        paths: Vec<PathBuf>,
+        /// `builtin` (each scenario's persona), `builtin:go` or `builtin:rs`.
+        #[arg(long, default_value = "builtin")]
+        driver: String,
+        /// Run every scenario with this seed instead of its own.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write JUnit XML here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
+    /// Validate scenario files without running them.
+    Check {
+        /// Scenario files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Change the faults of a running `kata-sim serve` / `sim-agent serve` through its control
     /// socket.
     Fault {
@@ -74,8 +96,20 @@ enum FaultOp {
     Fired,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        // Scenarios build their own paused-clock runtime per run.
+        Command::Run { .. } | Command::Check { .. } => scenario_main(cli.command),
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(async_main(command)),
+    }
+}
+
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -84,7 +118,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+}
+
+async fn async_main(command: Command) -> anyhow::Result<()> {
+    init_logging();
+    match command {
         Command::Serve {
             hypervisor_socket,
             state_dir,
@@ -146,5 +184,81 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Run { .. } | Command::Check { .. } => unreachable!("handled without tokio"),
+    }
+}
+
+fn scenario_main(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            paths,
+            driver,
+            seed,
+            junit,
+        } => {
+            let persona = match driver.as_str() {
+                "builtin" => None,
+                "builtin:go" => Some(Persona::Go),
+                "builtin:rs" => Some(Persona::Rs),
+                other => anyhow::bail!(
+                    "unknown driver {other:?}: expected builtin, builtin:go or builtin:rs"
+                ),
+            };
+            let paths = if paths.is_empty() {
+                vec![PathBuf::from(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/library"
+                ))]
+            } else {
+                paths
+            };
+            let files = runner::find(&paths).context("finding scenario files")?;
+            anyhow::ensure!(!files.is_empty(), "no scenario files under {paths:?}");
+            let mut reports = Vec::new();
+            for (i, f) in files.iter().enumerate() {
+                let r = runner::run_file(f, runner::Overrides { persona, seed });
+                eprintln!(
+                    "[{:>3}/{}] {} {}",
+                    i + 1,
+                    files.len(),
+                    if r.passed() { "ok    " } else { "FAILED" },
+                    f.display()
+                );
+                reports.push(r);
+            }
+            print!("{}", runner::summary(&reports));
+            let failures = runner::failures(&reports);
+            if !failures.is_empty() {
+                eprint!("\n{failures}");
+            }
+            if let Some(j) = junit {
+                std::fs::write(&j, runner::junit(&reports))
+                    .with_context(|| format!("writing {}", j.display()))?;
+            }
+            if reports.iter().all(runner::Report::passed) {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+        Command::Check { paths } => {
+            let files = runner::find(&paths).context("finding scenario files")?;
+            let mut bad = 0;
+            for f in &files {
+                match kata_sim::load::load(f) {
+                    Ok(s) => println!("ok      {} ({})", f.display(), s.name),
+                    Err(e) => {
+                        bad += 1;
+                        eprintln!("{e}\n");
+                    }
+                }
+            }
+            println!("{} of {} valid", files.len() - bad, files.len());
+            if bad > 0 {
+                std::process::exit(1)
+            }
+            Ok(())
+        }
+        _ => unreachable!("handled by async_main"),
     }
 }

@@ -1,0 +1,210 @@
+//! `kata-sim run` and `kata-sim check`: finding scenario files, running them, and reporting
+//! (a summary table, failures with their seed and a diff, JUnit XML).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::check::{Mismatch, check};
+use crate::host::{Outcome, run_blocking};
+use crate::load::{LoadError, load};
+use crate::schema::{Persona, Scenario};
+
+/// The scenario files under `paths` (files as given, directories searched for `*.yaml`),
+/// sorted.
+pub fn find(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            for e in std::fs::read_dir(p)? {
+                let path = e?.path();
+                if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                    out.push(path);
+                }
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// How a run may override a scenario.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// Run every scenario with this persona.
+    pub persona: Option<Persona>,
+    /// Run every scenario with this seed.
+    pub seed: Option<u64>,
+}
+
+/// One scenario's result.
+#[derive(Debug)]
+pub struct Report {
+    /// The file.
+    pub file: PathBuf,
+    /// The scenario, when it loaded.
+    pub scenario: Option<Scenario>,
+    /// Why it did not load.
+    pub load_error: Option<LoadError>,
+    /// The run's record.
+    pub outcome: Option<Outcome>,
+    /// Unmet expectations.
+    pub mismatches: Vec<Mismatch>,
+    /// Wall time of the run.
+    pub elapsed: std::time::Duration,
+}
+
+impl Report {
+    /// Whether it loaded and met every expectation.
+    pub fn passed(&self) -> bool {
+        self.load_error.is_none() && self.mismatches.is_empty()
+    }
+}
+
+/// Loads and runs one file.
+pub fn run_file(file: &Path, o: Overrides) -> Report {
+    let start = std::time::Instant::now();
+    match load(file) {
+        Err(e) => Report {
+            file: file.to_path_buf(),
+            scenario: None,
+            load_error: Some(e),
+            outcome: None,
+            mismatches: Vec::new(),
+            elapsed: start.elapsed(),
+        },
+        Ok(mut s) => {
+            if let Some(p) = o.persona {
+                s.config.persona = p;
+            }
+            if let Some(seed) = o.seed {
+                s.seed = seed;
+            }
+            let outcome = run_blocking(&s);
+            let mismatches = check(&s, &outcome);
+            Report {
+                file: file.to_path_buf(),
+                scenario: Some(s),
+                load_error: None,
+                outcome: Some(outcome),
+                mismatches,
+                elapsed: start.elapsed(),
+            }
+        }
+    }
+}
+
+/// The summary table.
+pub fn summary(reports: &[Report]) -> String {
+    let mut out = String::new();
+    let width = reports
+        .iter()
+        .map(|r| name(r).len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let _ = writeln!(out, "{:<width$}  persona  seed  result   calls", "scenario");
+    for r in reports {
+        let (persona, seed) = r
+            .scenario
+            .as_ref()
+            .map(|s| {
+                (
+                    format!("{:?}", s.config.persona).to_lowercase(),
+                    s.seed.to_string(),
+                )
+            })
+            .unwrap_or_else(|| ("-".into(), "-".into()));
+        let result = if r.load_error.is_some() {
+            "INVALID"
+        } else if r.passed() {
+            "ok"
+        } else {
+            "FAILED"
+        };
+        let calls = r.outcome.as_ref().map_or(0, |o| o.calls.len());
+        let _ = writeln!(
+            out,
+            "{:<width$}  {persona:<7}  {seed:>4}  {result:<7}  {calls:>5}",
+            name(r)
+        );
+    }
+    let passed = reports.iter().filter(|r| r.passed()).count();
+    let _ = writeln!(out, "\n{passed} of {} passed", reports.len());
+    out
+}
+
+fn name(r: &Report) -> String {
+    r.scenario
+        .as_ref()
+        .map_or_else(|| r.file.display().to_string(), |s| s.name.clone())
+}
+
+/// Every failure, with its seed and what differed.
+pub fn failures(reports: &[Report]) -> String {
+    let mut out = String::new();
+    for r in reports.iter().filter(|r| !r.passed()) {
+        if let Some(e) = &r.load_error {
+            let _ = writeln!(out, "{e}\n");
+            continue;
+        }
+        let seed = r.scenario.as_ref().map_or(0, |s| s.seed);
+        let _ = writeln!(
+            out,
+            "FAILED {} ({}), seed {seed}:",
+            name(r),
+            r.file.display()
+        );
+        for m in &r.mismatches {
+            let _ = writeln!(out, "{m}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// JUnit XML for CI systems.
+pub fn junit(reports: &[Report]) -> String {
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"kata-sim\" tests=\"{}\" failures=\"{failed}\">\n",
+        reports.len()
+    );
+    for r in reports {
+        let _ = write!(
+            out,
+            "  <testcase classname=\"kata-sim\" name=\"{}\" time=\"{:.3}\"",
+            xml(&name(r)),
+            r.elapsed.as_secs_f64()
+        );
+        if r.passed() {
+            out.push_str("/>\n");
+        } else {
+            let detail = match &r.load_error {
+                Some(e) => e.to_string(),
+                None => r
+                    .mismatches
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            };
+            let _ = write!(
+                out,
+                ">\n    <failure message=\"seed {}\">{}</failure>\n  </testcase>\n",
+                r.scenario.as_ref().map_or(0, |s| s.seed),
+                xml(&detail)
+            );
+        }
+    }
+    out.push_str("</testsuite>\n");
+    out
+}
