@@ -26,10 +26,11 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One scenario file.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// A unique, file-name-like name.
@@ -57,7 +58,7 @@ pub struct Scenario {
 }
 
 /// Which host runtime the built-in driver imitates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Persona {
     /// The Go shim (virtcontainers).
@@ -68,7 +69,7 @@ pub enum Persona {
 }
 
 /// How the sandbox shares files with the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SharedFs {
     /// No sharing: files are copied in (CopyFile), the termination message is copied out
@@ -80,7 +81,7 @@ pub enum SharedFs {
 }
 
 /// The `config` section.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The host runtime persona.
@@ -95,7 +96,7 @@ pub struct Config {
 }
 
 /// The `guest` section.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Guest {
     /// Scripted processes by container id (they win over the interpreted command line).
@@ -104,7 +105,7 @@ pub struct Guest {
 }
 
 /// A scripted process.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Program {
     /// Written to stdout at start.
@@ -125,7 +126,7 @@ pub struct Program {
 }
 
 /// One step. Host actions go through the persona; guest events act on the guest directly.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
     /// Create and start the sandbox (VM, agent session).
@@ -173,7 +174,7 @@ pub enum Step {
 }
 
 /// `create_sandbox`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSpec {
     /// The sandbox id (default `sandbox`).
@@ -185,7 +186,7 @@ pub struct SandboxSpec {
 }
 
 /// `create_container`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
     /// The container id.
@@ -213,7 +214,7 @@ pub struct ContainerSpec {
 }
 
 /// `exec`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecSpec {
     /// The container.
@@ -225,7 +226,7 @@ pub struct ExecSpec {
 }
 
 /// A process: a container's init (`exec` absent) or an exec.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessRef {
     /// The container.
@@ -236,7 +237,7 @@ pub struct ProcessRef {
 }
 
 /// `write_stdin`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdinSpec {
     /// The container.
@@ -249,7 +250,7 @@ pub struct StdinSpec {
 }
 
 /// `kill`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KillSpec {
     /// The container.
@@ -263,7 +264,7 @@ pub struct KillSpec {
 }
 
 /// `update`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSpec {
     /// The container.
@@ -277,7 +278,7 @@ pub struct UpdateSpec {
 }
 
 /// `write_termination_message`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TerminationMessage {
     /// The container.
@@ -287,7 +288,7 @@ pub struct TerminationMessage {
 }
 
 /// The `expect` section: checked after the run.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// Exit status per container (or `container/exec`).
@@ -320,11 +321,19 @@ pub struct Expect {
 }
 
 /// Whether the sandbox was torn down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Teardown {
     /// Every container removed, the VM stopped.
     Completed,
     /// Something was left.
     Incomplete,
+}
+
+/// The JSON Schema of scenario files (for editor completion), generated from these types.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Scenario);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
 }

@@ -78,3 +78,14 @@ fn kata_sim_check_reports_every_bad_file_and_fails() {
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+/// The committed JSON Schema is the one the types generate (regenerate with
+/// `kata-sim schema > docs/scenario.schema.json`).
+#[test]
+fn the_committed_json_schema_is_current() {
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/scenario.schema.json"),
+    )
+    .unwrap();
+    assert_eq!(committed, kata_sim::schema::json_schema());
+}

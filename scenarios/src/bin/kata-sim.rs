@@ -59,6 +59,27 @@ enum Command {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
+    /// Run one scenario and print its calls (or a Mermaid sequence diagram of them).
+    Trace {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Print a Mermaid sequence diagram (host, hypervisor, agent; faults as notes).
+        #[arg(long)]
+        mermaid: bool,
+        /// `builtin`, `builtin:go` or `builtin:rs`.
+        #[arg(long, default_value = "builtin")]
+        driver: String,
+    },
+    /// Where two host runtimes' agent calls for one scenario diverge.
+    Diff {
+        /// The two drivers (`builtin:go`, `builtin:rs`).
+        #[arg(long = "driver", num_args = 1, required = true)]
+        drivers: Vec<String>,
+        /// The scenario file.
+        scenario: PathBuf,
+    },
+    /// Print the JSON Schema of scenario files (for editor completion).
+    Schema,
     /// Validate scenario files without running them.
     Check {
         /// Scenario files or directories.
@@ -100,7 +121,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // Scenarios build their own paused-clock runtime per run.
-        Command::Run { .. } | Command::Check { .. } => scenario_main(cli.command),
+        Command::Run { .. }
+        | Command::Check { .. }
+        | Command::Trace { .. }
+        | Command::Diff { .. }
+        | Command::Schema => scenario_main(cli.command),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -184,7 +209,11 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { .. } | Command::Check { .. } => unreachable!("handled without tokio"),
+        Command::Run { .. }
+        | Command::Check { .. }
+        | Command::Trace { .. }
+        | Command::Diff { .. }
+        | Command::Schema => unreachable!("handled without tokio"),
     }
 }
 
@@ -196,14 +225,7 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
             seed,
             junit,
         } => {
-            let persona = match driver.as_str() {
-                "builtin" => None,
-                "builtin:go" => Some(Persona::Go),
-                "builtin:rs" => Some(Persona::Rs),
-                other => anyhow::bail!(
-                    "unknown driver {other:?}: expected builtin, builtin:go or builtin:rs"
-                ),
-            };
+            let persona = persona_of(&driver)?;
             let paths = if paths.is_empty() {
                 vec![PathBuf::from(concat!(
                     env!("CARGO_MANIFEST_DIR"),
@@ -241,6 +263,51 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
+        Command::Trace {
+            scenario,
+            mermaid,
+            driver,
+        } => {
+            let r = runner::run_file(&scenario, runner::Overrides {
+                persona: persona_of(&driver)?,
+                seed: None,
+            });
+            if let Some(e) = r.load_error {
+                anyhow::bail!("{e}");
+            }
+            let o = r.outcome.context("no outcome")?;
+            if mermaid {
+                print!("{}", kata_sim::render::mermaid(&o));
+            } else {
+                for c in &o.calls {
+                    println!("{c}");
+                }
+            }
+            Ok(())
+        }
+        Command::Diff { drivers, scenario } => {
+            anyhow::ensure!(drivers.len() == 2, "give --driver twice");
+            let mut calls = Vec::new();
+            for d in &drivers {
+                let r = runner::run_file(&scenario, runner::Overrides {
+                    persona: persona_of(d)?,
+                    seed: None,
+                });
+                if let Some(e) = r.load_error {
+                    anyhow::bail!("{e}");
+                }
+                calls.push(kata_sim::render::agent_calls(&r.outcome.context("no outcome")?));
+            }
+            println!("--- {}\n+++ {}", drivers[0], drivers[1]);
+            for line in kata_sim::render::diff(&calls[0], &calls[1]) {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Schema => {
+            print!("{}", kata_sim::schema::json_schema());
+            Ok(())
+        }
         Command::Check { paths } => {
             let files = runner::find(&paths).context("finding scenario files")?;
             let mut bad = 0;
@@ -261,4 +328,13 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
         }
         _ => unreachable!("handled by async_main"),
     }
+}
+
+fn persona_of(driver: &str) -> anyhow::Result<Option<Persona>> {
+    Ok(match driver {
+        "builtin" => None,
+        "builtin:go" => Some(Persona::Go),
+        "builtin:rs" => Some(Persona::Rs),
+        other => anyhow::bail!("unknown driver {other:?}: expected builtin, builtin:go or builtin:rs"),
+    })
 }
