@@ -697,7 +697,8 @@ impl Host {
     }
 }
 
-fn describe_event(e: &sim_agent::TraceEvent) -> String {
+/// One trace event as a record line: `Method key=value -> STATUS [fault: ...]`.
+pub fn describe_event(e: &sim_agent::TraceEvent) -> String {
     let mut line = e.method.clone();
     for (k, v) in &e.fields {
         // Paths of copied files carry a random part that the seed fixes; keep them.
@@ -1023,7 +1024,8 @@ fn process_id(host: &Host, cid: &str, exec: Option<&str>) -> String {
     }
 }
 
-fn script(p: &crate::schema::Program) -> sim_agent::ProcessScript {
+/// A scenario's scripted program as a guest process script.
+pub fn script(p: &crate::schema::Program) -> sim_agent::ProcessScript {
     let mut s = sim_agent::ProcessScript::default()
         .stdout(p.stdout.clone())
         .stderr(p.stderr.clone())

@@ -56,13 +56,24 @@ pub fn mermaid(o: &Outcome) -> String {
             let _ = writeln!(out, "    Note over {to}: fault {}", f.replace(';', ","));
         }
         let arrow = if status == "OK" { "-->>" } else { "--x" };
-        let _ = writeln!(out, "    {to}{arrow}H: {}", if status.is_empty() { "(pending)" } else { status });
+        let _ = writeln!(
+            out,
+            "    {to}{arrow}H: {}",
+            if status.is_empty() {
+                "(pending)"
+            } else {
+                status
+            }
+        );
     }
     out
 }
 
-/// The agent calls of a run without stdio and OOM polls, as `Method key=value ...`.
+/// The agent calls of a run without stdio and OOM polls, as `Method key=value ...`, with
+/// sandbox and container ids replaced by `$SANDBOX` and `$C1`, `$C2`... in order of
+/// appearance (two runtimes name their containers differently).
 pub fn agent_calls(o: &Outcome) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
     o.calls
         .iter()
         .filter_map(|c| {
@@ -72,7 +83,30 @@ pub fn agent_calls(o: &Outcome) -> Vec<String> {
             {
                 return None;
             }
-            Some(format!("{method} {fields}").trim_end().to_string())
+            let mut line = method.to_string();
+            for f in fields.split_whitespace() {
+                let (k, v) = f.split_once('=').unwrap_or((f, ""));
+                let v = match k {
+                    "sandbox_id" if !v.is_empty() => "$SANDBOX".to_string(),
+                    "container_id" | "exec_id" if !v.is_empty() => {
+                        let n = match ids.iter().position(|x| x == v) {
+                            Some(n) => n,
+                            None if k == "container_id" => {
+                                ids.push(v.to_string());
+                                ids.len() - 1
+                            }
+                            None => {
+                                line.push_str(&format!(" {k}={v}"));
+                                continue;
+                            }
+                        };
+                        format!("$C{}", n + 1)
+                    }
+                    _ => v.to_string(),
+                };
+                line.push_str(&format!(" {k}={v}"));
+            }
+            Some(line)
         })
         .collect()
 }
@@ -120,9 +154,6 @@ mod tests {
     #[test]
     fn diff_keeps_common_calls_and_marks_the_rest() {
         let d = diff(&v(&["Check", "A", "B", "Destroy"]), &v(&["A", "C", "B"]));
-        assert_eq!(
-            d,
-            v(&["- Check", "  A", "+ C", "  B", "- Destroy"])
-        );
+        assert_eq!(d, v(&["- Check", "  A", "+ C", "  B", "- Destroy"]));
     }
 }

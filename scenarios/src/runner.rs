@@ -30,12 +30,14 @@ pub fn find(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// How a run may override a scenario.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// Run every scenario with this persona.
     pub persona: Option<Persona>,
     /// Run every scenario with this seed.
     pub seed: Option<u64>,
+    /// Run with the `exec` driver: this command is the host runtime.
+    pub exec: Option<Vec<String>>,
 }
 
 /// One scenario's result.
@@ -63,7 +65,7 @@ impl Report {
 }
 
 /// Loads and runs one file.
-pub fn run_file(file: &Path, o: Overrides) -> Report {
+pub fn run_file(file: &Path, o: &Overrides) -> Report {
     let start = std::time::Instant::now();
     match load(file) {
         Err(e) => Report {
@@ -81,8 +83,24 @@ pub fn run_file(file: &Path, o: Overrides) -> Report {
             if let Some(seed) = o.seed {
                 s.seed = seed;
             }
-            let outcome = run_blocking(&s);
-            let mismatches = check(&s, &outcome);
+            let (outcome, mismatches) = match &o.exec {
+                None => {
+                    let outcome = run_blocking(&s);
+                    let mismatches = check(&s, &outcome);
+                    (outcome, mismatches)
+                }
+                Some(command) => {
+                    let outcome = run_exec_blocking(&s, command);
+                    // The runtime's own results are its business: only calls, faults,
+                    // teardown and errors are checked.
+                    let mut only = s.clone();
+                    only.expect.exit_codes.clear();
+                    only.expect.stdout.clear();
+                    only.expect.host_files.clear();
+                    let mismatches = check(&only, &outcome);
+                    (outcome, mismatches)
+                }
+            };
             Report {
                 file: file.to_path_buf(),
                 scenario: Some(s),
@@ -207,4 +225,31 @@ pub fn junit(reports: &[Report]) -> String {
     }
     out.push_str("</testsuite>\n");
     out
+}
+
+/// Runs a scenario with the `exec` driver on a real clock.
+pub fn run_exec_blocking(s: &Scenario, command: &[String]) -> Outcome {
+    let dir = match tempfile::Builder::new().prefix("kata-sim-exec-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            return Outcome {
+                name: s.name.clone(),
+                persona: s.config.persona,
+                seed: s.seed,
+                calls: Vec::new(),
+                faults: Vec::new(),
+                processes: Default::default(),
+                host_files: Default::default(),
+                errors: vec![format!("temp dir: {e}")],
+                warnings: Vec::new(),
+                teardown: crate::schema::Teardown::Incomplete,
+                guest_containers: Vec::new(),
+            };
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(crate::exec::run(s, command, dir.path()))
 }

@@ -450,6 +450,10 @@ impl Hypervisor for SimHypervisor {
             }
             Self::validate(&config)?;
             let mut agent_config = self.inner.settings.agent.clone();
+            // One ordered record: the guest's RPCs go into the VM's trace.
+            if agent_config.trace.is_none() {
+                agent_config.trace = Some(self.inner.trace.clone());
+            }
             // Each VM's guest has its own root.
             if let Some(root) = &agent_config.guest_root {
                 agent_config.guest_root = Some(root.join(&id));

@@ -49,7 +49,8 @@ enum Command {
     Run {
         /// Scenario files or directories (default: `scenarios/library`).
         paths: Vec<PathBuf>,
-        /// `builtin` (each scenario's persona), `builtin:go` or `builtin:rs`.
+        /// `builtin` (each scenario's persona), `builtin:go`, `builtin:rs`, or `exec` (then the
+        /// command after `--` is the host runtime).
         #[arg(long, default_value = "builtin")]
         driver: String,
         /// Run every scenario with this seed instead of its own.
@@ -58,6 +59,9 @@ enum Command {
         /// Write JUnit XML here.
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// With `--driver exec`: the host runtime's command, e.g. `-- ctr run ...`.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Run one scenario and print its calls (or a Mermaid sequence diagram of them).
     Trace {
@@ -72,11 +76,14 @@ enum Command {
     },
     /// Where two host runtimes' agent calls for one scenario diverge.
     Diff {
-        /// The two drivers (`builtin:go`, `builtin:rs`).
+        /// The two drivers (`builtin:go`, `builtin:rs`, or `exec` with a command after `--`).
         #[arg(long = "driver", num_args = 1, required = true)]
         drivers: Vec<String>,
         /// The scenario file.
         scenario: PathBuf,
+        /// The host runtime's command, for an `exec` driver.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Print the JSON Schema of scenario files (for editor completion).
     Schema,
@@ -224,8 +231,18 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
             driver,
             seed,
             junit,
+            command,
         } => {
-            let persona = persona_of(&driver)?;
+            let (persona, exec) = if driver == "exec" {
+                anyhow::ensure!(
+                    !command.is_empty(),
+                    "--driver exec needs a command after --"
+                );
+                (None, Some(command))
+            } else {
+                anyhow::ensure!(command.is_empty(), "a command after -- needs --driver exec");
+                (persona_of(&driver)?, None)
+            };
             let paths = if paths.is_empty() {
                 vec![PathBuf::from(concat!(
                     env!("CARGO_MANIFEST_DIR"),
@@ -238,7 +255,14 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
             anyhow::ensure!(!files.is_empty(), "no scenario files under {paths:?}");
             let mut reports = Vec::new();
             for (i, f) in files.iter().enumerate() {
-                let r = runner::run_file(f, runner::Overrides { persona, seed });
+                let r = runner::run_file(
+                    f,
+                    &runner::Overrides {
+                        persona,
+                        seed,
+                        exec: exec.clone(),
+                    },
+                );
                 eprintln!(
                     "[{:>3}/{}] {} {}",
                     i + 1,
@@ -268,10 +292,13 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
             mermaid,
             driver,
         } => {
-            let r = runner::run_file(&scenario, runner::Overrides {
-                persona: persona_of(&driver)?,
-                seed: None,
-            });
+            let r = runner::run_file(
+                &scenario,
+                &runner::Overrides {
+                    persona: persona_of(&driver)?,
+                    ..Default::default()
+                },
+            );
             if let Some(e) = r.load_error {
                 anyhow::bail!("{e}");
             }
@@ -285,18 +312,36 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Diff { drivers, scenario } => {
+        Command::Diff {
+            drivers,
+            scenario,
+            command,
+        } => {
             anyhow::ensure!(drivers.len() == 2, "give --driver twice");
             let mut calls = Vec::new();
             for d in &drivers {
-                let r = runner::run_file(&scenario, runner::Overrides {
-                    persona: persona_of(d)?,
-                    seed: None,
-                });
+                let overrides = if d == "exec" {
+                    anyhow::ensure!(
+                        !command.is_empty(),
+                        "--driver exec needs a command after --"
+                    );
+                    runner::Overrides {
+                        exec: Some(command.clone()),
+                        ..Default::default()
+                    }
+                } else {
+                    runner::Overrides {
+                        persona: persona_of(d)?,
+                        ..Default::default()
+                    }
+                };
+                let r = runner::run_file(&scenario, &overrides);
                 if let Some(e) = r.load_error {
                     anyhow::bail!("{e}");
                 }
-                calls.push(kata_sim::render::agent_calls(&r.outcome.context("no outcome")?));
+                calls.push(kata_sim::render::agent_calls(
+                    &r.outcome.context("no outcome")?,
+                ));
             }
             println!("--- {}\n+++ {}", drivers[0], drivers[1]);
             for line in kata_sim::render::diff(&calls[0], &calls[1]) {
@@ -335,6 +380,8 @@ fn persona_of(driver: &str) -> anyhow::Result<Option<Persona>> {
         "builtin" => None,
         "builtin:go" => Some(Persona::Go),
         "builtin:rs" => Some(Persona::Rs),
-        other => anyhow::bail!("unknown driver {other:?}: expected builtin, builtin:go or builtin:rs"),
+        other => {
+            anyhow::bail!("unknown driver {other:?}: expected builtin, builtin:go or builtin:rs")
+        }
     })
 }

@@ -48,6 +48,8 @@ pub struct SimConfig {
     /// Record calls into this trace (shared with a hypervisor's, for one ordered record);
     /// a new trace when `None`.
     pub trace: Option<Trace>,
+    /// Scripted processes installed from the start (as [`SimAgent::script`] would).
+    pub scripts: Vec<(ScriptMatch, ProcessScript)>,
 }
 
 impl SimConfig {
@@ -129,7 +131,11 @@ impl SimAgent {
     /// A guest built from `config`.
     pub fn with_config(config: SimConfig) -> std::io::Result<Self> {
         let trace = config.trace.clone().unwrap_or_default();
+        let scripts = config.scripts.clone();
         let guest = Guest::new(config, trace.clone())?;
+        for (m, s) in scripts {
+            guest.add_script(m, s);
+        }
         Ok(SimAgent {
             inner: Arc::new(Inner {
                 guest: Arc::new(guest),
