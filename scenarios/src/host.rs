@@ -26,7 +26,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 use sim_agent::fault::{FaultEngine, FaultGuard};
 use sim_agent::protocols::{agent, oci};
-use sim_agent::{Agent, AgentRpc, AgentVersion, CallOpts, SimAgent, SimConfig, Trace};
+use sim_agent::{Agent, AgentRpc, AgentVersion, CallOpts, RemoteAgent, SimAgent, SimConfig, Trace};
 use sim_hypervisor::{Hypervisor, HypervisorConfig, Network, SimHypervisor, SimVmConfig};
 use tokio::task::JoinHandle;
 
@@ -88,12 +88,50 @@ struct HostContainer {
 
 type Collected = Arc<Mutex<BTreeMap<String, ProcessOutcome>>>;
 
+/// How the host reaches the guest's agent.
+pub trait Transport: Send + Sync + 'static {
+    /// The agent client.
+    type Agent: Agent + AgentRpc + Clone + Send + Sync + 'static;
+    /// Connects to the guest of a started VM.
+    fn connect(
+        vm: &SimHypervisor,
+        guest: &SimAgent,
+    ) -> impl std::future::Future<Output = Result<Self::Agent, String>> + Send;
+}
+
+/// In-process: the host calls the guest model directly (through the fault engine).
+#[derive(Debug)]
+pub struct InProcess;
+
+impl Transport for InProcess {
+    type Agent = SimAgent;
+    async fn connect(_vm: &SimHypervisor, guest: &SimAgent) -> Result<SimAgent, String> {
+        Ok(guest.clone())
+    }
+}
+
+/// Over the wire: ttrpc on the VM's real agent socket.
+#[derive(Debug)]
+pub struct Wire;
+
+impl Transport for Wire {
+    type Agent = RemoteAgent;
+    async fn connect(vm: &SimHypervisor, _guest: &SimAgent) -> Result<RemoteAgent, String> {
+        let url = vm.get_agent_socket().await.map_err(|e| e.to_string())?;
+        RemoteAgent::connect(&url)
+            .await
+            .map_err(|e| format!("dial {url}: {e}"))
+    }
+}
+
 /// The host runtime during one run.
-struct Host {
+struct Host<T: Transport> {
     persona: Persona,
     shared_fs: SharedFs,
     vm: SimHypervisor,
-    agent: Option<SimAgent>,
+    agent: Option<T::Agent>,
+    /// The guest itself, for guest-side events.
+    guest: Option<SimAgent>,
     engine: FaultEngine,
     guards: Vec<(String, FaultGuard)>,
     host_dir: PathBuf,
@@ -126,7 +164,7 @@ fn closed(e: &sim_agent::AgentError) -> bool {
     )
 }
 
-impl Host {
+impl<T: Transport> Host<T> {
     fn warn(&self, w: String) {
         self.log
             .lock()
@@ -143,8 +181,14 @@ impl Host {
             .push(e);
     }
 
-    fn agent(&self) -> Result<&SimAgent, String> {
+    fn agent(&self) -> Result<&T::Agent, String> {
         self.agent
+            .as_ref()
+            .ok_or_else(|| "no sandbox: create_sandbox first".to_string())
+    }
+
+    fn guest(&self) -> Result<&SimAgent, String> {
+        self.guest
             .as_ref()
             .ok_or_else(|| "no sandbox: create_sandbox first".to_string())
     }
@@ -169,7 +213,9 @@ impl Host {
             .start_vm(600)
             .await
             .map_err(|e| format!("StartVM: {e}"))?;
-        let agent = self.vm.agent().ok_or("the VM has no guest")?;
+        let guest = self.vm.agent().ok_or("the VM has no guest")?;
+        self.guest = Some(guest.clone());
+        let agent = T::connect(&self.vm, &guest).await?;
         self.agent = Some(agent.clone());
         self.sandbox_up = true;
         let req = agent::CreateSandboxRequest {
@@ -222,7 +268,7 @@ impl Host {
     }
 
     /// The OOM loop and the liveness monitor of the persona.
-    fn spawn_background(&mut self, agent: SimAgent) {
+    fn spawn_background(&mut self, agent: T::Agent) {
         let persona = self.persona;
         let log = Arc::clone(&self.log);
         let a = agent.clone();
@@ -591,7 +637,7 @@ impl Host {
 
     /// virtio-fs: the host file shows what the guest wrote to the shared copy.
     fn sync_shared(&self, cid: &str) {
-        let (Some(agent), Some(c)) = (self.agent.as_ref(), self.containers.get(cid)) else {
+        let (Some(agent), Some(c)) = (self.guest.as_ref(), self.containers.get(cid)) else {
             return;
         };
         let (Some(file), Some(_)) = (&c.host_file, &c.term_path) else {
@@ -612,7 +658,7 @@ impl Host {
         }
     }
 
-    async fn copy_termination_message(&self, agent: &SimAgent, cid: &str, host: Option<&PathBuf>) {
+    async fn copy_termination_message(&self, agent: &T::Agent, cid: &str, host: Option<&PathBuf>) {
         let r = match self.persona {
             Persona::Go => {
                 Agent::get_diagnostic_data(agent, "termination_log".into(), cid.into()).await
@@ -719,6 +765,11 @@ pub fn describe_event(e: &sim_agent::TraceEvent) -> String {
 /// Runs a scenario with the built-in host. Call it on a runtime with a paused clock
 /// (`tokio::test(start_paused = true)` or a current-thread runtime with `start_paused`).
 pub async fn run(s: &Scenario) -> Outcome {
+    run_with::<InProcess>(s).await
+}
+
+/// Runs a scenario with the built-in host over a given transport.
+pub async fn run_with<T: Transport>(s: &Scenario) -> Outcome {
     let state = tempfile::Builder::new()
         .prefix("kata-sim-run-")
         .tempdir()
@@ -744,11 +795,12 @@ pub async fn run(s: &Scenario) -> Outcome {
         faults: Some(Arc::new(engine.clone())),
         ..Default::default()
     });
-    let mut host = Host {
+    let mut host = Host::<T> {
         persona: s.config.persona,
         shared_fs: s.config.shared_fs,
         vm,
         agent: None,
+        guest: None,
         engine: engine.clone(),
         guards: Vec::new(),
         host_dir,
@@ -790,7 +842,7 @@ pub async fn run(s: &Scenario) -> Outcome {
         b.abort();
     }
     let guest_containers = host
-        .agent
+        .guest
         .as_ref()
         .map(|a| {
             if a.is_dead() {
@@ -801,7 +853,7 @@ pub async fn run(s: &Scenario) -> Outcome {
         })
         .unwrap_or_default();
     // Torn down: the VM is stopped, and no container is left in a guest that still lives.
-    let guest_dead = host.agent.as_ref().is_some_and(SimAgent::is_dead);
+    let guest_dead = host.guest.as_ref().is_some_and(SimAgent::is_dead);
     let all_removed = host.containers.values().all(|c| c.removed) || guest_dead;
     let teardown = if teardown_ok && all_removed && host.vm_stopped == host.agent.is_some() {
         Teardown::Completed
@@ -845,7 +897,11 @@ pub async fn run(s: &Scenario) -> Outcome {
     }
 }
 
-async fn run_step(host: &mut Host, s: &Scenario, step: &Step) -> Result<(), String> {
+async fn run_step<T: Transport>(
+    host: &mut Host<T>,
+    s: &Scenario,
+    step: &Step,
+) -> Result<(), String> {
     match step {
         Step::CreateSandbox(spec) => {
             let id = spec.id.clone().unwrap_or_else(|| "sandbox".into());
@@ -853,7 +909,7 @@ async fn run_step(host: &mut Host, s: &Scenario, step: &Step) -> Result<(), Stri
             let r = host
                 .create_sandbox(&id, spec.hostname.as_deref().unwrap_or(""))
                 .await;
-            if let Some(agent) = &host.agent {
+            if let Some(agent) = &host.guest {
                 for (cid, p) in &s.guest.programs {
                     agent.script(sim_agent::ScriptMatch::container(cid), script(p));
                 }
@@ -982,7 +1038,7 @@ async fn run_step(host: &mut Host, s: &Scenario, step: &Step) -> Result<(), Stri
         }
         Step::DestroySandbox => host.destroy_sandbox().await,
         Step::PushOom(cid) => host
-            .agent()?
+            .guest()?
             .oom_kill(cid)
             .map_err(|e| format!("push_oom {cid}: {e}")),
         Step::KillGuest => {
@@ -990,11 +1046,11 @@ async fn run_step(host: &mut Host, s: &Scenario, step: &Step) -> Result<(), Stri
             Ok(())
         }
         Step::RemoveTerminationMessage(cid) => host
-            .agent()?
+            .guest()?
             .remove_termination_message(cid)
             .map_err(|e| format!("remove_termination_message: {e}")),
         Step::WriteTerminationMessage(t) => host
-            .agent()?
+            .guest()?
             .write_termination_message(&t.container, t.data.as_bytes())
             .map_err(|e| format!("write_termination_message: {e}")),
         Step::AdvanceTime(secs) => {
@@ -1013,7 +1069,7 @@ async fn run_step(host: &mut Host, s: &Scenario, step: &Step) -> Result<(), Stri
     }
 }
 
-fn process_id(host: &Host, cid: &str, exec: Option<&str>) -> String {
+fn process_id<T: Transport>(host: &Host<T>, cid: &str, exec: Option<&str>) -> String {
     match exec {
         Some(e) => e.to_string(),
         None => host
@@ -1051,4 +1107,14 @@ pub fn run_blocking(s: &Scenario) -> Outcome {
         .build()
         .expect("a tokio runtime");
     rt.block_on(run(s))
+}
+
+/// Runs a scenario over real sockets (ttrpc on the VM's unix socket) on the real clock: the
+/// same data path a real runtime takes. Hangs and delays cost real time here.
+pub fn run_wire_blocking(s: &Scenario) -> Outcome {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(run_with::<Wire>(s))
 }

@@ -38,6 +38,10 @@ pub struct Overrides {
     pub seed: Option<u64>,
     /// Run with the `exec` driver: this command is the host runtime.
     pub exec: Option<Vec<String>>,
+    /// Run the built-in host over real sockets (real clock) instead of in-process.
+    pub wire: bool,
+    /// Run every scenario with this agent release.
+    pub agent_version: Option<String>,
 }
 
 /// One scenario's result.
@@ -83,9 +87,16 @@ pub fn run_file(file: &Path, o: &Overrides) -> Report {
             if let Some(seed) = o.seed {
                 s.seed = seed;
             }
+            if let Some(v) = &o.agent_version {
+                s.config.agent_version = Some(v.clone());
+            }
             let (outcome, mismatches) = match &o.exec {
                 None => {
-                    let outcome = run_blocking(&s);
+                    let outcome = if o.wire {
+                        crate::host::run_wire_blocking(&s)
+                    } else {
+                        run_blocking(&s)
+                    };
                     let mismatches = check(&s, &outcome);
                     (outcome, mismatches)
                 }

@@ -59,6 +59,14 @@ enum Command {
         /// Write JUnit XML here.
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// Run the built-in host over real sockets on the real clock (default: in-process on a
+        /// paused clock).
+        #[arg(long, value_parser = ["in-process", "wire"], default_value = "in-process")]
+        transport: String,
+        /// Run every scenario with this agent release (e.g. 3.19.1 to match a Go shim 3.19.1
+        /// under `--driver exec`).
+        #[arg(long = "agent-version")]
+        agent_version: Option<AgentVersion>,
         /// With `--driver exec`: the host runtime's command, e.g. `-- ctr run ...`.
         #[arg(last = true)]
         command: Vec<String>,
@@ -81,6 +89,9 @@ enum Command {
         drivers: Vec<String>,
         /// The scenario file.
         scenario: PathBuf,
+        /// Run both with this agent release.
+        #[arg(long = "agent-version")]
+        agent_version: Option<AgentVersion>,
         /// The host runtime's command, for an `exec` driver.
         #[arg(last = true)]
         command: Vec<String>,
@@ -231,6 +242,8 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
             driver,
             seed,
             junit,
+            transport,
+            agent_version,
             command,
         } => {
             let (persona, exec) = if driver == "exec" {
@@ -261,6 +274,8 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
                         persona,
                         seed,
                         exec: exec.clone(),
+                        wire: transport == "wire",
+                        agent_version: agent_version.map(|v| v.to_string()),
                     },
                 );
                 eprintln!(
@@ -315,6 +330,7 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
         Command::Diff {
             drivers,
             scenario,
+            agent_version,
             command,
         } => {
             anyhow::ensure!(drivers.len() == 2, "give --driver twice");
@@ -327,11 +343,13 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
                     );
                     runner::Overrides {
                         exec: Some(command.clone()),
+                        agent_version: agent_version.map(|v| v.to_string()),
                         ..Default::default()
                     }
                 } else {
                     runner::Overrides {
                         persona: persona_of(d)?,
+                        agent_version: agent_version.map(|v| v.to_string()),
                         ..Default::default()
                     }
                 };
