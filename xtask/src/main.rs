@@ -42,7 +42,10 @@ fn ci() -> anyhow::Result<()> {
         ],
         &[],
     )?;
-    run(&["test", "--workspace"], &[])?;
+    run(
+        &["test", "--workspace"],
+        &[("CI", "true"), ("INSTA_UPDATE", "no")],
+    )?;
     run(
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
