@@ -1,32 +1,330 @@
-//! RPC latency: `Health.Check` in-process against the same call over a unix socket.
+//! RPC latency against the transport floor.
+//!
+//! - `floor`: a raw unix-socket ping-pong of 16 bytes, and a bare ttrpc server (ttrpc-rust's
+//!   own) whose `Health.Check` handler does nothing, on the same transport;
+//! - `check`: sim-agent's `Health.Check` in-process, over unix and over hybrid vsock;
+//! - `rpc/{in_process,unix,hvsock}`: the agent calls runtimes make, with realistic payloads
+//!   (each iteration leaves the guest as it found it, so every sample measures the same work).
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use sim_agent::{Agent, AgentServer, RemoteAgent, SimAgent};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-fn check(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let sim = SimAgent::new().expect("guest root");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("unix://{}", dir.path().join("agent.sock").display());
-    let (server, remote) = rt.block_on(async {
-        let server = AgentServer::bind(sim.clone(), std::slice::from_ref(&url))
-            .await
-            .expect("bind");
-        let remote = RemoteAgent::connect(&url).await.expect("connect");
-        (server, remote)
-    });
-    let mut group = c.benchmark_group("check");
-    group.bench_function("in_process", |b| {
-        b.to_async(&rt)
-            .iter(|| async { sim.check().await.expect("check") })
-    });
-    group.bench_function("unix", |b| {
-        b.to_async(&rt)
-            .iter(|| async { remote.check().await.expect("check") })
-    });
-    group.finish();
-    rt.block_on(server.shutdown());
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use sim_agent::protocols::{agent, health, health_ttrpc, oci};
+use sim_agent::{Agent, AgentRpc, AgentServer, CallOpts, RemoteAgent, SimAgent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Client and server share one thread: a round trip is then two socket syscalls and two task
+/// switches, with no cross-thread wake-ups whose scheduling noise would drown the comparison
+/// (the floor and sim-agent are measured the same way).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
-criterion_group!(benches, check);
+/// A ttrpc `Health` service that answers without doing anything: the floor of a ttrpc call.
+struct Empty;
+
+#[async_trait::async_trait]
+impl health_ttrpc::Health for Empty {
+    async fn check(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        _req: health::CheckRequest,
+    ) -> ttrpc::Result<health::HealthCheckResponse> {
+        Ok(health::HealthCheckResponse::default())
+    }
+}
+
+fn floor(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut group = c.benchmark_group("floor");
+
+    // Raw unix ping-pong: the client writes 16 bytes, the server echoes them.
+    let path = dir.path().join("raw.sock");
+    let listener = rt.block_on(async { tokio::net::UnixListener::bind(&path).expect("bind") });
+    rt.spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16];
+                while s.read_exact(&mut buf).await.is_ok() {
+                    if s.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let client = rt.block_on(async {
+        tokio::sync::Mutex::new(
+            tokio::net::UnixStream::connect(&path)
+                .await
+                .expect("connect"),
+        )
+    });
+    group.bench_function("unix_pingpong_16b", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut s = client.lock().await;
+            s.write_all(&[7u8; 16]).await.expect("write");
+            let mut buf = [0u8; 16];
+            s.read_exact(&mut buf).await.expect("read");
+        })
+    });
+
+    // A bare ttrpc server with an empty handler.
+    let path = dir.path().join("ttrpc.sock");
+    let (mut server, health) = rt.block_on(async {
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let mut server = ttrpc::r#async::Server::new()
+            .add_listener(listener.into())
+            .register_service(health_ttrpc::create_health(Arc::new(Empty)));
+        server.start().await.expect("start");
+        let stream = tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("connect");
+        let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
+        (server, health_ttrpc::HealthClient::new(client))
+    });
+    group.bench_function("ttrpc_empty_check", |b| {
+        b.to_async(&rt).iter(|| async {
+            health
+                .check(
+                    ttrpc::context::with_timeout(0),
+                    &health::CheckRequest::new(),
+                )
+                .await
+                .expect("check")
+        })
+    });
+    group.finish();
+    rt.block_on(async {
+        let _ = server.shutdown().await;
+    });
+}
+
+/// A guest prepared for the repeatable calls, and its clients.
+struct Setup {
+    _dir: tempfile::TempDir,
+    server: AgentServer,
+    sim: SimAgent,
+    unix: RemoteAgent,
+    hvsock: RemoteAgent,
+    source: std::path::PathBuf,
+}
+
+fn spec(cid: &str, args: &[&str], term: Option<&str>) -> agent::CreateContainerRequest {
+    let caps = ["CAP_CHOWN", "CAP_KILL"].map(String::from).to_vec();
+    let mut mounts = vec![oci::Mount {
+        destination: "/proc".into(),
+        source: "proc".into(),
+        type_: "proc".into(),
+        ..Default::default()
+    }];
+    let mut annotations = Vec::new();
+    if let Some(t) = term {
+        mounts.push(oci::Mount {
+            destination: "/dev/termination-log".into(),
+            source: t.into(),
+            type_: "bind".into(),
+            options: vec!["rbind".into(), "rw".into()],
+            ..Default::default()
+        });
+        annotations.push((
+            "io.kubernetes.container.terminationMessagePath".to_string(),
+            "/dev/termination-log".to_string(),
+        ));
+    }
+    let process = oci::Process {
+        Args: args.iter().map(|s| s.to_string()).collect(),
+        Env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        Cwd: "/".into(),
+        Capabilities: Some(oci::LinuxCapabilities {
+            Bounding: caps.clone(),
+            Effective: caps.clone(),
+            Permitted: caps,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    agent::CreateContainerRequest {
+        container_id: cid.into(),
+        exec_id: cid.into(),
+        OCI: Some(oci::Spec {
+            Version: "1.1.0".into(),
+            Process: Some(process).into(),
+            Root: Some(oci::Root {
+                Path: format!("/run/kata-containers/shared/containers/{cid}/rootfs"),
+                ..Default::default()
+            })
+            .into(),
+            Mounts: mounts,
+            Annotations: annotations.into_iter().collect(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+fn setup(rt: &tokio::runtime::Runtime) -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sim = SimAgent::new().expect("guest");
+    let unix = format!("unix://{}", dir.path().join("agent.sock").display());
+    let hv = format!("hvsock://{}", dir.path().join("agent.hvsock").display());
+    let source = dir.path().join("chunk");
+    std::fs::write(&source, vec![b'y'; 1 << 20]).expect("source file");
+    rt.block_on(async {
+        let server = AgentServer::bind(sim.clone(), &[unix.clone(), hv.clone()])
+            .await
+            .expect("bind");
+        let unix = RemoteAgent::connect(&unix).await.expect("unix");
+        let hvsock = RemoteAgent::connect(&hv).await.expect("hvsock");
+        // A producer of endless output, a consumer of endless input, and a container whose
+        // termination message is 4 KiB.
+        let term = "/run/kata-containers/shared/containers/msg-termination-log";
+        sim.write_guest_file(term, &[b'm'; 4096]).expect("message");
+        for (cid, args, t) in [
+            ("yes", &["yes"][..], None),
+            ("sink", &["sh", "-c", "cat > /dev/null"][..], None),
+            ("msg", &["sleep", "100000"][..], Some(term)),
+            ("box", &["sleep", "100000"][..], None),
+        ] {
+            Agent::create_container(&sim, spec(cid, args, t))
+                .await
+                .expect("create");
+            Agent::start_container(&sim, cid.into())
+                .await
+                .expect("start");
+        }
+        Setup {
+            _dir: dir,
+            server,
+            sim,
+            unix,
+            hvsock,
+            source,
+        }
+    })
+}
+
+/// The calls, one iteration each, on any client.
+async fn call<A: Agent + AgentRpc>(a: &A, name: &str, n: u64, source: &std::path::Path) {
+    match name {
+        "check" => Agent::check(a).await.expect("check"),
+        "get_guest_details" => {
+            Agent::get_guest_details(
+                a,
+                agent::GuestDetailsRequest {
+                    mem_block_size: true,
+                    mem_hotplug_probe: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("details");
+        }
+        "read_stdout_32k" => {
+            let d = Agent::read_process_stdout(a, "yes".into(), "yes".into(), 32 * 1024)
+                .await
+                .expect("read");
+            assert!(!d.is_empty());
+        }
+        "write_stdin_32k" => {
+            Agent::write_process_stdin(a, "sink".into(), "sink".into(), vec![b'z'; 32 * 1024])
+                .await
+                .expect("write");
+        }
+        "get_diagnostic_data_4k" => {
+            let d = Agent::get_diagnostic_data(a, "termination_log".into(), "msg".into())
+                .await
+                .expect("diag");
+            assert_eq!(d.len(), 4096);
+        }
+        "copy_file_1m" => Agent::copy_file(
+            a,
+            source.to_path_buf(),
+            "/run/kata-containers/shared/containers/bench-chunk".into(),
+        )
+        .await
+        .expect("copy"),
+        "create_remove_container" => {
+            let cid = format!("c{n}");
+            Agent::create_container(a, spec(&cid, &["true"], None))
+                .await
+                .expect("create");
+            Agent::stop_container(a, cid).await.expect("remove");
+        }
+        "exec_wait_exited" => {
+            let eid = format!("e{n}");
+            let process = spec("box", &["true"], None).OCI.unwrap().Process;
+            Agent::exec(
+                a,
+                agent::ExecProcessRequest {
+                    container_id: "box".into(),
+                    exec_id: eid.clone(),
+                    process,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("exec");
+            let status = AgentRpc::wait_process(
+                a,
+                agent::WaitProcessRequest {
+                    container_id: "box".into(),
+                    exec_id: eid,
+                    ..Default::default()
+                },
+                CallOpts::default(),
+            )
+            .await
+            .expect("wait");
+            assert_eq!(status.status, 0);
+        }
+        other => panic!("no call {other}"),
+    }
+}
+
+const CALLS: &[&str] = &[
+    "check",
+    "get_guest_details",
+    "read_stdout_32k",
+    "write_stdin_32k",
+    "get_diagnostic_data_4k",
+    "copy_file_1m",
+    "create_remove_container",
+    "exec_wait_exited",
+];
+
+fn rpcs(c: &mut Criterion) {
+    let rt = runtime();
+    let s = setup(&rt);
+    let counter = AtomicU64::new(0);
+    for (transport, client) in [
+        ("in_process", None),
+        ("unix", Some(&s.unix)),
+        ("hvsock", Some(&s.hvsock)),
+    ] {
+        let mut group = c.benchmark_group(format!("rpc/{transport}"));
+        for name in CALLS {
+            group.bench_with_input(BenchmarkId::from_parameter(name), name, |b, name| {
+                b.to_async(&rt).iter(|| async {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    match client {
+                        None => call(&s.sim, name, n, &s.source).await,
+                        Some(remote) => call(remote, name, n, &s.source).await,
+                    }
+                })
+            });
+        }
+        group.finish();
+    }
+    rt.block_on(s.server.shutdown());
+}
+
+criterion_group!(benches, floor, rpcs);
 criterion_main!(benches);

@@ -501,7 +501,10 @@ impl Hypervisor for SimHypervisor {
                     timeout_secs: u64::from(timeout_secs),
                 });
             }
-            tokio::time::sleep(boot).await;
+            // A zero boot must not wait for the timer wheel's next tick (1 ms).
+            if !boot.is_zero() {
+                tokio::time::sleep(boot).await;
+            }
             let socket = {
                 let mut m = self.lock();
                 // Stopped (or killed) while booting.

@@ -429,7 +429,10 @@ impl Guest {
         let len = req.data.len() as u32;
         if req.data.is_empty() {
             p.close_stdin();
-        } else if !p.write_stdin(&req.data) {
+        } else if !p
+            .write_stdin_paced(&req.data, super::shell::PIPE_CAPACITY)
+            .await
+        {
             return Err(AgentError::internal("Broken pipe (os error 32)"));
         }
         Ok(agent::WriteStreamResponse {

@@ -272,6 +272,42 @@ impl Proc {
         true
     }
 
+    /// Feeds stdin as a pipe does: waits while `capacity` bytes or more are unread by a
+    /// running program (a full pipe blocks its writer). Returns false when stdin is closed.
+    pub async fn write_stdin_paced(&self, mut data: &[u8], capacity: usize) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                if inner.stdin_closed {
+                    return false;
+                }
+                // Nobody will read what a finished process did not: accept it, as the
+                // agent's copy into a dead pipe end does not block either.
+                let running = !matches!(inner.status, ProcStatus::Exited(_));
+                let room = if running {
+                    capacity.saturating_sub(inner.stdin.len())
+                } else {
+                    data.len()
+                };
+                if room > 0 {
+                    let n = room.min(data.len());
+                    inner.stdin.extend(&data[..n]);
+                    data = &data[n..];
+                    drop(inner);
+                    self.changed.notify_waiters();
+                    if data.is_empty() {
+                        return true;
+                    }
+                    continue;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Closes stdin (the program then reads end of file).
     pub fn close_stdin(&self) {
         self.lock().stdin_closed = true;
@@ -288,7 +324,11 @@ impl Proc {
                 let mut inner = self.lock();
                 if !inner.stdin.is_empty() {
                     let n = max.min(inner.stdin.len());
-                    return Some(inner.stdin.drain(..n).collect());
+                    let data: Vec<u8> = inner.stdin.drain(..n).collect();
+                    drop(inner);
+                    // A writer may be waiting for room.
+                    self.changed.notify_waiters();
+                    return Some(data);
                 }
                 if inner.stdin_closed {
                     return None;

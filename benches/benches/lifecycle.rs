@@ -1,0 +1,262 @@
+//! Whole-system benches.
+//!
+//! - `lifecycle/{in_process,wire}`: one pod from CreateVM to StopVM with a container through
+//!   its stop and the termination-log copy (CreateVM, StartVM, CreateSandbox, CopyFile,
+//!   CreateContainer, StartContainer, WaitProcess, GetDiagnosticData, SignalProcess,
+//!   RemoveContainer, DestroySandbox, StopVM). VMs boot in no time here: no hidden sleeps.
+//! - `scale/check/{1000,100,1}`: Check on one guest while 1,000, 100 or 1 sandboxes run in one
+//!   fleet (each with its own agent socket). The growth of the resident set is written to
+//!   `target/criterion/scale-rss.json` for `cargo xtask bench-report`; this group runs first,
+//!   largest fleet first, so that the figure starts from a clean process.
+//! - `scenarios/library`: the bundled scenario library in-process (throughput).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use sim_agent::protocols::{agent, oci};
+use sim_agent::{Agent, RemoteAgent, SimConfig};
+use sim_hypervisor::{
+    Fleet, FleetConfig, Hypervisor, HypervisorConfig, Network, RemoteHypervisor,
+    RemoteHypervisorServer, SimHypervisor, SimVmConfig,
+};
+
+/// One thread for client and server, as in the RPC benches, so that the lifecycle and the
+/// single Check it is compared with are measured alike.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+const TERM: &str = "/run/kata-containers/shared/containers/c1-termination-log";
+
+fn container() -> agent::CreateContainerRequest {
+    let process = oci::Process {
+        Args: ["sh", "-c", "echo done > /dev/termination-log"]
+            .map(String::from)
+            .to_vec(),
+        Cwd: "/".into(),
+        Capabilities: Some(oci::LinuxCapabilities::default()).into(),
+        ..Default::default()
+    };
+    agent::CreateContainerRequest {
+        container_id: "c1".into(),
+        exec_id: "c1".into(),
+        OCI: Some(oci::Spec {
+            Version: "1.1.0".into(),
+            Process: Some(process).into(),
+            Root: Some(oci::Root {
+                Path: "/run/kata-containers/shared/containers/c1/rootfs".into(),
+                ..Default::default()
+            })
+            .into(),
+            Mounts: vec![oci::Mount {
+                destination: "/dev/termination-log".into(),
+                source: TERM.into(),
+                type_: "bind".into(),
+                options: vec!["rbind".into()],
+                ..Default::default()
+            }],
+            Annotations: [(
+                "io.kubernetes.container.terminationMessagePath".to_string(),
+                "/dev/termination-log".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// The agent half of a pod, on any client.
+async fn pod<A: Agent>(a: &A, sandbox: &str, term: &std::path::Path) {
+    a.start_sandbox(agent::CreateSandboxRequest {
+        sandbox_id: sandbox.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("sandbox");
+    a.copy_file(term.to_path_buf(), TERM.into())
+        .await
+        .expect("copy");
+    a.create_container(container()).await.expect("create");
+    a.start_container("c1".into()).await.expect("start");
+    assert_eq!(
+        a.wait_process("c1".into(), "c1".into())
+            .await
+            .expect("wait"),
+        0
+    );
+    let msg = a
+        .get_diagnostic_data("termination_log".into(), "c1".into())
+        .await
+        .expect("diag");
+    assert_eq!(msg, "done\n");
+    a.signal_process("c1".into(), String::new(), 9, true)
+        .await
+        .expect("kill");
+    a.stop_container("c1".into()).await.expect("remove");
+    a.stop_sandbox().await.expect("destroy");
+}
+
+fn lifecycle(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let term = dir.path().join("term");
+    std::fs::write(&term, b"").expect("term file");
+    let mut group = c.benchmark_group("lifecycle");
+    let mut n = 0u64;
+    let settings = SimVmConfig {
+        state_dir: dir.path().join("local"),
+        boot_time: Duration::ZERO,
+        ..Default::default()
+    };
+    group.bench_function("in_process", |b| {
+        b.to_async(&rt).iter(|| {
+            n += 1;
+            let id = format!("p{n}");
+            let vm = SimHypervisor::new(settings.clone());
+            let term = term.clone();
+            async move {
+                vm.create_vm(id.clone(), Network::default(), HypervisorConfig::default())
+                    .await
+                    .expect("create vm");
+                vm.start_vm(60).await.expect("start vm");
+                let guest = vm.agent().expect("guest");
+                pod(&guest, &id, &term).await;
+                vm.stop_vm(false).await.expect("stop vm");
+            }
+        })
+    });
+    let mut config = FleetConfig::new(dir.path().join("vms"));
+    config.vm.boot_time = Duration::ZERO;
+    let fleet = Arc::new(Fleet::new(config).expect("fleet"));
+    let socket = dir.path().join("hv.sock");
+    let server = rt
+        .block_on(RemoteHypervisorServer::bind(&socket, fleet))
+        .expect("serve");
+    group.bench_function("wire", |b| {
+        b.to_async(&rt).iter(|| {
+            n += 1;
+            let id = format!("w{n}");
+            let socket = socket.clone();
+            let term = term.clone();
+            async move {
+                let hv = RemoteHypervisor::connect(&socket).await.expect("hv");
+                hv.create_vm(id.clone(), Network::default(), HypervisorConfig::default())
+                    .await
+                    .expect("create vm");
+                hv.start_vm(60).await.expect("start vm");
+                let url = hv.get_agent_socket().await.expect("socket");
+                let agent = RemoteAgent::connect(&url).await.expect("agent");
+                pod(&agent, &id, &term).await;
+                // The runtime hangs up before it stops the VM, as the shims do.
+                drop(agent);
+                hv.stop_vm(false).await.expect("stop vm");
+            }
+        })
+    });
+    group.finish();
+    rt.block_on(server.shutdown());
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn scale(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("scale/check");
+    let mut rss = Vec::new();
+    // Largest first: the process's resident set only grows, so each later (smaller) fleet
+    // reuses pages the first one touched; the 1,000 figure is measured from a clean start.
+    for n in [1_000usize, 100, 1] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = FleetConfig::new(dir.path().join("vms"));
+        config.vm.boot_time = Duration::ZERO;
+        config.vm.agent = SimConfig::default();
+        let fleet = Arc::new(Fleet::new(config).expect("fleet"));
+        let socket = dir.path().join("hv.sock");
+        let before = rss_kib();
+        let (server, agent) = rt.block_on(async {
+            let server = RemoteHypervisorServer::bind(&socket, fleet)
+                .await
+                .expect("serve");
+            let hv = RemoteHypervisor::connect(&socket).await.expect("hv");
+            let mut first = None;
+            for i in 0..n {
+                let h = RemoteHypervisor::connect(&socket).await.expect("hv");
+                h.create_vm(
+                    format!("s{i}"),
+                    Network::default(),
+                    HypervisorConfig::default(),
+                )
+                .await
+                .expect("create");
+                h.start_vm(60).await.expect("start");
+                if first.is_none() {
+                    first = Some(h.get_agent_socket().await.expect("socket"));
+                }
+            }
+            drop(hv);
+            let agent = RemoteAgent::connect(&first.expect("one VM"))
+                .await
+                .expect("agent");
+            (server, agent)
+        });
+        let after = rss_kib();
+        rss.push((n, after.saturating_sub(before)));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.to_async(&rt)
+                .iter(|| async { agent.check().await.expect("check") })
+        });
+        drop(agent);
+        rt.block_on(server.shutdown());
+    }
+    group.finish();
+    let json = format!(
+        "{{{}}}\n",
+        rss.iter()
+            .map(|(n, kib)| format!("\"{n}\": {kib}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(out.join("scale-rss.json"), json);
+}
+
+fn scenarios(c: &mut Criterion) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/library");
+    let files = kata_sim::runner::find(&[dir]).expect("library");
+    let library: Vec<_> = files
+        .iter()
+        .map(|f| kata_sim::load::load(f).expect("scenario"))
+        .collect();
+    let mut group = c.benchmark_group("scenarios");
+    group.throughput(criterion::Throughput::Elements(library.len() as u64));
+    group.sample_size(10);
+    group.bench_function("library", |b| {
+        b.iter(|| {
+            for s in &library {
+                let o = kata_sim::host::run_blocking(s);
+                assert!(kata_sim::check::check(s, &o).is_empty(), "{}", s.name);
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, scale, lifecycle, scenarios);
+criterion_main!(benches);
