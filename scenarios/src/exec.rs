@@ -22,10 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sim_agent::fault::FaultEngine;
-use sim_agent::{AgentVersion, ScriptMatch, SimConfig};
 use sim_hypervisor::{Fleet, FleetConfig, RemoteHypervisorServer, SimVmConfig};
 
-use crate::host::{Outcome, describe_event, script};
+use crate::host::{Outcome, agent_config, describe_event};
 use crate::schema::{Scenario, Teardown};
 
 /// How long the command may run.
@@ -34,20 +33,7 @@ pub const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 /// Runs `command` against a kata-sim service set up for `s`.
 pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
     let mut errors = Vec::new();
-    let version = s
-        .config
-        .agent_version
-        .as_deref()
-        .and_then(|v| v.parse::<AgentVersion>().ok())
-        .unwrap_or_default();
-    let mut agent = SimConfig::for_version(version);
-    agent.seed = s.seed;
-    agent.scripts = s
-        .guest
-        .programs
-        .iter()
-        .map(|(cid, p)| (ScriptMatch::container(cid), script(p)))
-        .collect();
+    let agent = agent_config(s);
     let mut config = FleetConfig::new(dir.join("vms"));
     config.vm = SimVmConfig {
         agent,

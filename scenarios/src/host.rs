@@ -768,6 +768,25 @@ pub async fn run(s: &Scenario) -> Outcome {
     run_with::<InProcess>(s).await
 }
 
+/// The guest agent a scenario asks for: its release, seed and scripted programs.
+pub fn agent_config(s: &Scenario) -> SimConfig {
+    let version = s
+        .config
+        .agent_version
+        .as_deref()
+        .and_then(|v| v.parse::<AgentVersion>().ok())
+        .unwrap_or_default();
+    let mut agent = SimConfig::for_version(version);
+    agent.seed = s.seed;
+    agent.scripts = s
+        .guest
+        .programs
+        .iter()
+        .map(|(cid, p)| (sim_agent::ScriptMatch::container(cid), script(p)))
+        .collect();
+    agent
+}
+
 /// Runs a scenario with the built-in host over a given transport.
 pub async fn run_with<T: Transport>(s: &Scenario) -> Outcome {
     let state = tempfile::Builder::new()
@@ -778,14 +797,7 @@ pub async fn run_with<T: Transport>(s: &Scenario) -> Outcome {
     std::fs::create_dir_all(&host_dir).expect("host dir");
     let trace = Trace::default();
     let engine = FaultEngine::new(s.seed);
-    let version = s
-        .config
-        .agent_version
-        .as_deref()
-        .and_then(|v| v.parse::<AgentVersion>().ok())
-        .unwrap_or_default();
-    let mut agent = SimConfig::for_version(version);
-    agent.seed = s.seed;
+    let mut agent = agent_config(s);
     agent.trace = Some(trace.clone());
     let vm = SimHypervisor::new(SimVmConfig {
         state_dir: state.path().join("vms"),
@@ -820,7 +832,7 @@ pub async fn run_with<T: Transport>(s: &Scenario) -> Outcome {
     }
     for (i, step) in s.steps.iter().enumerate() {
         // A step that never ends (a hang without a deadline) ends the run's patience instead.
-        match tokio::time::timeout(STEP_LIMIT, run_step(&mut host, s, step)).await {
+        match tokio::time::timeout(STEP_LIMIT, run_step(&mut host, step)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => host.error(format!("steps[{i}]: {e}")),
             Err(_) => host.error(format!(
@@ -897,24 +909,12 @@ pub async fn run_with<T: Transport>(s: &Scenario) -> Outcome {
     }
 }
 
-async fn run_step<T: Transport>(
-    host: &mut Host<T>,
-    s: &Scenario,
-    step: &Step,
-) -> Result<(), String> {
+async fn run_step<T: Transport>(host: &mut Host<T>, step: &Step) -> Result<(), String> {
     match step {
         Step::CreateSandbox(spec) => {
             let id = spec.id.clone().unwrap_or_else(|| "sandbox".into());
-            // Scripted programs apply from the start.
-            let r = host
-                .create_sandbox(&id, spec.hostname.as_deref().unwrap_or(""))
-                .await;
-            if let Some(agent) = &host.guest {
-                for (cid, p) in &s.guest.programs {
-                    agent.script(sim_agent::ScriptMatch::container(cid), script(p));
-                }
-            }
-            r
+            host.create_sandbox(&id, spec.hostname.as_deref().unwrap_or(""))
+                .await
         }
         Step::CreateContainer(spec) => host.create_container(spec).await,
         Step::Start(cid) => {

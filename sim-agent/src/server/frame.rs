@@ -116,24 +116,22 @@ pub fn encode_response(stream_id: u32, resp: &Response) -> Vec<u8> {
         small.set_status(status);
         body = small.write_to_bytes().unwrap_or_default();
     }
+    response_bytes(stream_id, &body)
+}
+
+/// A response frame: the 10-byte header, then `body`.
+fn response_bytes(stream_id: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(10 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&stream_id.to_be_bytes());
     out.push(TYPE_RESPONSE);
     out.push(0);
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     out
 }
 
 /// A response frame whose payload is not a ttrpc `Response` (the `corrupt` fault): the header
 /// is well formed, so the client reads it whole and fails to decode it.
 pub fn corrupt_frame(stream_id: u32) -> Vec<u8> {
-    let body = [0xff_u8; 8];
-    let mut out = Vec::with_capacity(10 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&stream_id.to_be_bytes());
-    out.push(TYPE_RESPONSE);
-    out.push(0);
-    out.extend_from_slice(&body);
-    out
+    response_bytes(stream_id, &[0xff_u8; 8])
 }
