@@ -258,6 +258,19 @@ impl SimHypervisor {
         }
     }
 
+    /// Records an operation in the trace and asks the fault hook about it; an injected
+    /// failure is recorded as the operation's end and returned.
+    async fn enter(&self, op: &str, fields: &[(&'static str, String)]) -> Result<u64> {
+        let seq = self.begin(op, fields);
+        match self.fault(seq, op, fields).await {
+            Ok(()) => Ok(seq),
+            Err(e) => {
+                self.end(seq, &Err::<(), _>(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
     fn end<T>(&self, seq: u64, r: &Result<T>) {
         match r {
             Ok(_) => self.inner.trace.end(seq, "OK", ""),
@@ -430,11 +443,7 @@ impl Hypervisor for SimHypervisor {
         for (k, v) in &config.annotations {
             fields.push(("annotation", format!("{k}={v}")));
         }
-        let seq = self.begin("CreateVM", &fields);
-        if let Err(e) = self.fault(seq, "CreateVM", &fields).await {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self.enter("CreateVM", &fields).await?;
         let r = async {
             {
                 let m = self.lock();
@@ -477,14 +486,9 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn start_vm(&self, timeout_secs: u32) -> Result<()> {
-        let seq = self.begin("StartVM", &[("timeout", timeout_secs.to_string())]);
-        if let Err(e) = self
-            .fault(seq, "StartVM", &[("timeout", timeout_secs.to_string())])
-            .await
-        {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self
+            .enter("StartVM", &[("timeout", timeout_secs.to_string())])
+            .await?;
         let r = async {
             let (id, agent) = {
                 let m = self.lock();
@@ -563,14 +567,9 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn stop_vm(&self, wait_only: bool) -> Result<()> {
-        let seq = self.begin("StopVM", &[("wait_only", wait_only.to_string())]);
-        if let Err(e) = self
-            .fault(seq, "StopVM", &[("wait_only", wait_only.to_string())])
-            .await
-        {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self
+            .enter("StopVM", &[("wait_only", wait_only.to_string())])
+            .await?;
         let r = async {
             {
                 let m = self.lock();
@@ -594,11 +593,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn pause_vm(&self) -> Result<()> {
-        let seq = self.begin("PauseVM", &[]);
-        if let Err(e) = self.fault(seq, "PauseVM", &[]).await {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self.enter("PauseVM", &[]).await?;
         let r = {
             let mut m = self.lock();
             Self::require(&m, "pause", &[VmState::Running]).map(|_| {
@@ -613,11 +608,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn save_vm(&self) -> Result<()> {
-        let seq = self.begin("SaveVM", &[]);
-        if let Err(e) = self.fault(seq, "SaveVM", &[]).await {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self.enter("SaveVM", &[]).await?;
         let r = {
             let mut m = self.lock();
             Self::require(&m, "save", &[VmState::Paused]).map(|_| {
@@ -629,11 +620,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn resume_vm(&self) -> Result<()> {
-        let seq = self.begin("ResumeVM", &[]);
-        if let Err(e) = self.fault(seq, "ResumeVM", &[]).await {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self.enter("ResumeVM", &[]).await?;
         let r = {
             let mut m = self.lock();
             Self::require(&m, "resume", &[VmState::Paused]).map(|_| {
@@ -648,14 +635,9 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn add_device(&self, device: Device, kind: DeviceType) -> Result<()> {
-        let seq = self.begin("AddDevice", &[("kind", format!("{kind:?}"))]);
-        if let Err(e) = self
-            .fault(seq, "AddDevice", &[("kind", format!("{kind:?}"))])
-            .await
-        {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self
+            .enter("AddDevice", &[("kind", format!("{kind:?}"))])
+            .await?;
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "cold-plug a device into", &[VmState::Created])?;
@@ -689,14 +671,9 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn hotplug_add_device(&self, device: Device, kind: DeviceType) -> Result<HotplugResult> {
-        let seq = self.begin("HotplugAddDevice", &[("kind", format!("{kind:?}"))]);
-        if let Err(e) = self
-            .fault(seq, "HotplugAddDevice", &[("kind", format!("{kind:?}"))])
-            .await
-        {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self
+            .enter("HotplugAddDevice", &[("kind", format!("{kind:?}"))])
+            .await?;
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "hotplug a device into", &[VmState::Running])?;
@@ -751,14 +728,9 @@ impl Hypervisor for SimHypervisor {
         device: Device,
         kind: DeviceType,
     ) -> Result<HotplugResult> {
-        let seq = self.begin("HotplugRemoveDevice", &[("kind", format!("{kind:?}"))]);
-        if let Err(e) = self
-            .fault(seq, "HotplugRemoveDevice", &[("kind", format!("{kind:?}"))])
-            .await
-        {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self
+            .enter("HotplugRemoveDevice", &[("kind", format!("{kind:?}"))])
+            .await?;
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "hot-unplug a device from", &[VmState::Running])?;
@@ -825,11 +797,7 @@ impl Hypervisor for SimHypervisor {
             ("mem_mb", mem_mb.to_string()),
             ("block_mb", block_mb.to_string()),
         ];
-        let seq = self.begin("ResizeMemory", &fields);
-        if let Err(e) = self.fault(seq, "ResizeMemory", &fields).await {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self.enter("ResizeMemory", &fields).await?;
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "resize memory of", &[VmState::Running])?;
@@ -868,14 +836,9 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn resize_vcpus(&self, vcpus: u32) -> Result<(u32, u32)> {
-        let seq = self.begin("ResizeVCPUs", &[("vcpus", vcpus.to_string())]);
-        if let Err(e) = self
-            .fault(seq, "ResizeVCPUs", &[("vcpus", vcpus.to_string())])
-            .await
-        {
-            self.end(seq, &Err::<(), _>(e.clone()));
-            return Err(e);
-        }
+        let seq = self
+            .enter("ResizeVCPUs", &[("vcpus", vcpus.to_string())])
+            .await?;
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "resize vCPUs of", &[VmState::Running])?;
