@@ -271,6 +271,29 @@ impl SimHypervisor {
         }
     }
 
+    /// A state change with no other effect (pause, save, resume): the guest runs only in
+    /// `Running`, so it is paused in every other state.
+    async fn transition(
+        &self,
+        op: &str,
+        verb: &'static str,
+        from: VmState,
+        to: VmState,
+    ) -> Result<()> {
+        let seq = self.enter(op, &[]).await?;
+        let r = {
+            let mut m = self.lock();
+            Self::require(&m, verb, &[from]).map(|_| {
+                m.state = Some(to);
+                if let Some(a) = &m.agent {
+                    a.set_paused(to != VmState::Running);
+                }
+            })
+        };
+        self.end(seq, &r);
+        r
+    }
+
     fn end<T>(&self, seq: u64, r: &Result<T>) {
         match r {
             Ok(_) => self.inner.trace.end(seq, "OK", ""),
@@ -593,45 +616,18 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn pause_vm(&self) -> Result<()> {
-        let seq = self.enter("PauseVM", &[]).await?;
-        let r = {
-            let mut m = self.lock();
-            Self::require(&m, "pause", &[VmState::Running]).map(|_| {
-                m.state = Some(VmState::Paused);
-                if let Some(a) = &m.agent {
-                    a.set_paused(true);
-                }
-            })
-        };
-        self.end(seq, &r);
-        r
+        self.transition("PauseVM", "pause", VmState::Running, VmState::Paused)
+            .await
     }
 
     async fn save_vm(&self) -> Result<()> {
-        let seq = self.enter("SaveVM", &[]).await?;
-        let r = {
-            let mut m = self.lock();
-            Self::require(&m, "save", &[VmState::Paused]).map(|_| {
-                m.state = Some(VmState::Saved);
-            })
-        };
-        self.end(seq, &r);
-        r
+        self.transition("SaveVM", "save", VmState::Paused, VmState::Saved)
+            .await
     }
 
     async fn resume_vm(&self) -> Result<()> {
-        let seq = self.enter("ResumeVM", &[]).await?;
-        let r = {
-            let mut m = self.lock();
-            Self::require(&m, "resume", &[VmState::Paused]).map(|_| {
-                m.state = Some(VmState::Running);
-                if let Some(a) = &m.agent {
-                    a.set_paused(false);
-                }
-            })
-        };
-        self.end(seq, &r);
-        r
+        self.transition("ResumeVM", "resume", VmState::Paused, VmState::Running)
+            .await
     }
 
     async fn add_device(&self, device: Device, kind: DeviceType) -> Result<()> {

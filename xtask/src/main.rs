@@ -329,10 +329,10 @@ about 1.15-1.2x, so this row lands on either side of the target from run to run.
 ~2.5 µs go: the whole in-process path (trace, fault hook, deadline timer, the guest's \
 liveness and pause checks, the model) is the `Check in-process` row, ~0.7 µs; the rest is \
 kata-sim's own connection loop (a handler task per call with two task-local scopes, a \
-per-call transport-fault slot, a writer task fed through a channel), which exists to close \
+task-local transport-fault cell, a writer task fed through a channel), which exists to close \
 connections after DestroySandbox, cancel a disconnected client's calls, and inject `drop` \
 and `corrupt` faults. Meeting 1.15x reliably means folding the writer task into the reader \
-loop and the fault slot into the handler's result; not done yet.\n\n\
+loop and the fault cell into the handler's result; not done yet.\n\n\
 ## The lifecycle target\n\n\
 Missed by far (~150x a Check) and not yet fixed. What is known: the lifecycle makes 15 round \
 trips (CreateVM, StartVM and StopVM each on a new connection, as the Go runtime does; Check, \

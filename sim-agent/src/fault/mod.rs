@@ -11,7 +11,6 @@ pub mod control;
 pub mod engine;
 pub mod rule;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::AgentError;
@@ -117,16 +116,13 @@ pub(crate) enum TransportFault {
     Corrupt,
 }
 
-/// The slot a server puts in scope for each call it dispatches.
-pub(crate) type TransportSlot = Arc<Mutex<Option<TransportFault>>>;
-
 tokio::task_local! {
-    pub(crate) static TRANSPORT: TransportSlot;
+    /// What the transport serving the current call must do with its answer; the server puts
+    /// a fresh slot in scope for each call it dispatches.
+    pub(crate) static TRANSPORT: std::cell::Cell<Option<TransportFault>>;
 }
 
 /// Asks the transport serving this call (if any) to act on its answer.
 pub(crate) fn request_transport(f: TransportFault) {
-    let _ = TRANSPORT.try_with(|slot| {
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
-    });
+    let _ = TRANSPORT.try_with(|slot| slot.set(Some(f)));
 }

@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use ttrpc::Code;
 
-use crate::fault::{TRANSPORT, TransportFault, TransportSlot};
+use std::cell::Cell;
+
+use crate::fault::{TRANSPORT, TransportFault};
 use crate::sim::SimAgent;
 use frame::{FrameError, read_frame, response_frame};
 use transport::{AGENT_PORT, Bound, LOG_PORT, accept_handshake, bind};
@@ -358,11 +360,9 @@ async fn dispatch(
     let services = Arc::clone(&ctx.services);
     let tx = tx.clone();
     let shared = Arc::clone(&ctx.shared);
-    let slot: TransportSlot = Arc::default();
-    let call_slot = Arc::clone(&slot);
     handlers.spawn(service::CONN_ID.scope(
         conn,
-        TRANSPORT.scope(call_slot, async move {
+        TRANSPORT.scope(Cell::new(None), async move {
             let Some(method) = services
                 .get(&req.service)
                 .and_then(|s| s.methods.get(&req.method))
@@ -381,7 +381,7 @@ async fn dispatch(
                 connection_data: Default::default(),
             };
             let result = method.handler(tctx, req).await;
-            let fault = *slot.lock().unwrap_or_else(|p| p.into_inner());
+            let fault = TRANSPORT.with(Cell::get);
             let bytes = match (fault, result) {
                 (Some(TransportFault::Drop), _) => {
                     // The fault closes this connection instead of answering.
