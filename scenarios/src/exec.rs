@@ -40,6 +40,7 @@ pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
         ..Default::default()
     };
     config.faults = FaultEngine::new(s.seed);
+    config.record = true;
     for rule in &s.faults {
         if let Err(e) = config.faults.add(rule) {
             errors.push(format!("fault {rule:?}: {e}"));

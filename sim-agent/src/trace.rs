@@ -96,6 +96,16 @@ impl Trace {
         self.lock().clone()
     }
 
+    /// How many calls were recorded.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// The method names so far, in arrival order.
     pub fn methods(&self) -> Vec<String> {
         self.lock().iter().map(|e| e.method.clone()).collect()

@@ -43,6 +43,10 @@ pub struct FleetConfig {
     pub hypervisor: HypervisorConfig,
     /// The fault rules every VM and guest of the fleet consults.
     pub faults: FaultEngine,
+    /// Keep every VM's operations and guest calls in [`Fleet::trace`], for a driver that reads
+    /// them after a run. Off by default: a long-running fleet then keeps each VM's record only
+    /// until its StopVM, so its memory does not grow with every pod it has served.
+    pub record: bool,
 }
 
 impl FleetConfig {
@@ -53,6 +57,7 @@ impl FleetConfig {
             vm: SimVmConfig::default(),
             hypervisor: HypervisorConfig::default(),
             faults: FaultEngine::default(),
+            record: false,
         }
     }
 }
@@ -96,7 +101,8 @@ impl Fleet {
         self.vms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The record of every VM operation, in order.
+    /// The record of every VM operation and guest call, in order, when the fleet was
+    /// configured to [record](FleetConfig::record) them (empty otherwise).
     pub fn trace(&self) -> &Trace {
         &self.trace
     }
@@ -157,7 +163,9 @@ impl Fleet {
                 return Err(HypervisorError::AlreadyExists(id.to_string()));
             }
             let mut settings = self.config.vm.clone();
-            settings.trace = Some(self.trace.clone());
+            if self.config.record {
+                settings.trace = Some(self.trace.clone());
+            }
             let vm = SimHypervisor::new(settings);
             vms.insert(id.to_string(), vm.clone());
             vm
@@ -205,9 +213,16 @@ impl Fleet {
             vm.stop_vm(false).await?;
         }
         vm.cleanup().await?;
-        let rpcs = vm.agent().map(|a| a.trace().methods()).unwrap_or_default();
-        tracing::info!(vm = id, agent_calls = rpcs.len(), "VM stopped");
-        tracing::debug!(vm = id, "agent calls: {}", rpcs.join(" "));
+        if self.config.record {
+            tracing::info!(vm = id, "VM stopped");
+        } else {
+            // The VM's own record (its operations and its guest's calls) ends here.
+            let trace = vm.trace();
+            tracing::info!(vm = id, events = trace.len(), "VM stopped");
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!(vm = id, "calls: {}", trace.methods().join(" "));
+            }
+        }
         Ok(())
     }
 

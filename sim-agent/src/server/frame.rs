@@ -1,5 +1,5 @@
 //! ttrpc framing: a 10-byte header (length, stream id, type, flags, big endian) and a
-//! protobuf payload of at most 4 MiB. Oversized frames are skipped without allocating and
+//! protobuf payload of at most 4 MiB. Oversized frames are skipped without buffering them and
 //! answered as ttrpc-rust answers them.
 
 use protobuf::Message;
@@ -11,13 +11,14 @@ pub const MAX_PAYLOAD: usize = 4 << 20;
 const TYPE_REQUEST: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
 
-/// One frame read from the wire.
+/// One request frame read from the wire.
 #[derive(Debug)]
 pub struct Frame {
     /// Stream id.
     pub stream_id: u32,
-    /// The payload.
-    pub payload: Vec<u8>,
+    /// The decoded ttrpc `Request` envelope, or the status that answers a payload that is
+    /// not one.
+    pub request: Result<Request, Status>,
 }
 
 /// A frame that could not be taken.
@@ -34,62 +35,145 @@ pub enum FrameError {
     Closed(std::io::Error),
 }
 
-/// Reads the next frame. Non-request frames are skipped (ttrpc ignores them).
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
-    loop {
-        let mut header = [0u8; 10];
-        r.read_exact(&mut header)
-            .await
-            .map_err(FrameError::Closed)?;
-        let len = u32::from_be_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-        let stream_id = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
-        let kind = header[8];
-        if len > MAX_PAYLOAD {
-            discard(r, len as u64).await.map_err(FrameError::Closed)?;
-            return Err(FrameError::Answer {
-                stream_id,
-                status: ttrpc::get_status(
-                    Code::INVALID_ARGUMENT,
-                    format!("message length {len} exceed maximum message size of {MAX_PAYLOAD}"),
-                ),
-            });
+/// The length of a frame header.
+const HEADER: usize = 10;
+
+/// Reads frames from a connection, keeping every byte it has taken in its own buffer, so
+/// that [`FrameReader::next`] is cancel safe: a `select!` that drops it mid-frame (another
+/// branch won) loses nothing, and the next call resumes where this one stopped. Small frames
+/// usually arrive whole in one read.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    /// The unconsumed bytes are `buf[lo..hi]`.
+    lo: usize,
+    hi: usize,
+    /// Bytes of an oversized frame still to skip, with its stream id and length: it is
+    /// answered once skipped, as ttrpc-rust does.
+    skip: u64,
+    oversized: Option<(u32, usize)>,
+}
+
+/// The buffer a connection starts with (and returns to after a large frame).
+const READ_BUF: usize = 8 << 10;
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        FrameReader {
+            buf: vec![0; READ_BUF],
+            lo: 0,
+            hi: 0,
+            skip: 0,
+            oversized: None,
         }
-        let mut payload = vec![0u8; len];
-        r.read_exact(&mut payload)
-            .await
-            .map_err(FrameError::Closed)?;
-        if kind != TYPE_REQUEST {
-            tracing::debug!(kind, stream_id, "ignoring a frame that is not a request");
-            continue;
-        }
-        if stream_id % 2 != 1 {
-            return Err(FrameError::Answer {
-                stream_id,
-                status: ttrpc::get_status(Code::INVALID_ARGUMENT, "stream id must be odd"),
-            });
-        }
-        return Ok(Frame { stream_id, payload });
     }
 }
 
-async fn discard<R: AsyncRead + Unpin>(r: &mut R, mut n: u64) -> std::io::Result<()> {
-    let mut buf = [0u8; 8192];
-    while n > 0 {
-        let want = buf.len().min(n as usize);
-        let got = r.read(&mut buf[..want]).await?;
-        if got == 0 {
+impl FrameReader {
+    /// Reads the next request frame. Non-request frames are skipped (ttrpc ignores them).
+    /// Cancel safe.
+    pub async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Frame, FrameError> {
+        loop {
+            match self.parse() {
+                Some(Ok(frame)) => return Ok(frame),
+                Some(Err(e)) => return Err(e),
+                None => self.fill(r).await.map_err(FrameError::Closed)?,
+            }
+        }
+    }
+
+    /// Takes one complete frame from the buffer, or `None` when more bytes are needed.
+    fn parse(&mut self) -> Option<Result<Frame, FrameError>> {
+        loop {
+            if self.skip > 0 {
+                let n = (self.hi - self.lo).min(self.skip as usize);
+                self.lo += n;
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    return None;
+                }
+            }
+            if let Some((stream_id, len)) = self.oversized.take() {
+                return Some(Err(FrameError::Answer {
+                    stream_id,
+                    status: ttrpc::get_status(
+                        Code::INVALID_ARGUMENT,
+                        format!(
+                            "message length {len} exceed maximum message size of {MAX_PAYLOAD}"
+                        ),
+                    ),
+                }));
+            }
+            let avail = &self.buf[self.lo..self.hi];
+            let header: [u8; HEADER] = avail.get(..HEADER)?.try_into().ok()?;
+            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let stream_id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+            let kind = header[8];
+            if len > MAX_PAYLOAD {
+                self.lo += HEADER;
+                self.skip = len as u64;
+                self.oversized = Some((stream_id, len));
+                continue;
+            }
+            if avail.len() < HEADER + len {
+                return None;
+            }
+            let start = self.lo + HEADER;
+            self.lo = start + len;
+            if kind != TYPE_REQUEST {
+                tracing::debug!(kind, stream_id, "ignoring a frame that is not a request");
+                continue;
+            }
+            if stream_id % 2 != 1 {
+                return Some(Err(FrameError::Answer {
+                    stream_id,
+                    status: ttrpc::get_status(Code::INVALID_ARGUMENT, "stream id must be odd"),
+                }));
+            }
+            let request = Request::parse_from_bytes(&self.buf[start..start + len])
+                .map_err(|e| ttrpc::get_status(Code::INVALID_ARGUMENT, e.to_string()));
+            return Some(Ok(Frame { stream_id, request }));
+        }
+    }
+
+    /// One read into the buffer (cancel safe: the bytes count only once the read returns).
+    async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<()> {
+        if self.lo == self.hi {
+            self.lo = 0;
+            self.hi = 0;
+            if self.buf.len() > READ_BUF && self.skip == 0 {
+                // A large frame is done: give its memory back.
+                self.buf = vec![0; READ_BUF];
+            }
+        }
+        // Room for the whole frame being read (its header says how long it is).
+        let pending = &self.buf[self.lo..self.hi];
+        let want = match pending.get(..4) {
+            Some(len) if self.skip == 0 => {
+                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                // An oversized frame is skipped, never buffered.
+                HEADER + if len > MAX_PAYLOAD { 0 } else { len }
+            }
+            _ => HEADER,
+        };
+        if self.lo + want > self.buf.len() {
+            self.buf.copy_within(self.lo..self.hi, 0);
+            self.hi -= self.lo;
+            self.lo = 0;
+            if want > self.buf.len() {
+                self.buf.resize(want, 0);
+            }
+        } else if self.hi == self.buf.len() {
+            self.buf.copy_within(self.lo..self.hi, 0);
+            self.hi -= self.lo;
+            self.lo = 0;
+        }
+        let n = r.read(&mut self.buf[self.hi..]).await?;
+        if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        n -= got as u64;
-    }
-    Ok(())
-}
-
-impl Frame {
-    /// Decodes the ttrpc `Request` envelope.
-    pub fn request(&self) -> Result<Request, Status> {
-        Request::parse_from_bytes(&self.payload)
-            .map_err(|e| ttrpc::get_status(Code::INVALID_ARGUMENT, e.to_string()))
+        self.hi += n;
+        Ok(())
     }
 }
 

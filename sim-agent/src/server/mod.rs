@@ -1,21 +1,27 @@
 //! [`AgentServer`]: serves a [`SimAgent`] over ttrpc on the Kata transports.
 //!
-//! Each accepted connection (after the hybrid-vsock handshake where there is one) gets a
-//! reader that parses ttrpc frames and a writer fed by a channel. Every request runs as its
-//! own task, so blocking calls (ReadStdout, WaitProcess, GetOOMEvent) on one connection do
-//! not hold up the others. A malformed frame is answered or closes only its own connection.
-//! When the client goes away its pending handlers are cancelled, so nothing leaks.
+//! Each accepted connection (after the hybrid-vsock handshake where there is one) is one task
+//! that reads ttrpc frames, runs each call and writes its answer. A call that answers without
+//! waiting (most do) runs right in that task; one that has to wait (ReadStdout, WaitProcess,
+//! GetOOMEvent, a delay fault) moves to a task of its own and sends its answer back, so
+//! blocking calls on one connection do not hold up the others. A malformed frame is answered
+//! or closes only its own connection. When the client goes away its pending calls are
+//! cancelled, so nothing leaks.
 
 mod frame;
 mod service;
 pub mod transport;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -25,7 +31,7 @@ use std::cell::Cell;
 
 use crate::fault::{TRANSPORT, TransportFault};
 use crate::sim::SimAgent;
-use frame::{FrameError, read_frame, response_frame};
+use frame::{Frame, FrameError, FrameReader, response_frame};
 use transport::{AGENT_PORT, Bound, LOG_PORT, accept_handshake, bind};
 pub use transport::{AgentAddr, BoxConn};
 
@@ -254,9 +260,67 @@ async fn hybrid_connection(ctx: ConnCtx, mut conn: BoxConn) {
     }
 }
 
-async fn run_connection(ctx: ConnCtx, conn: BoxConn) {
+/// What one call produced for its stream.
+enum Outcome {
+    /// Write this frame.
+    Frame(Vec<u8>),
+    /// The `drop` fault: close the connection instead of answering.
+    Drop,
+}
+
+/// Why a connection stops serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The server shuts down, the connection was closed on purpose, or the guest died or
+    /// restarted: close now, abandoning calls in flight.
+    Reset,
+    /// The agent ended its service (DestroySandbox): answer the calls in flight, then close.
+    Graceful,
+}
+
+/// Resolves with the first reason for `conn` to stop.
+async fn stop_signal(
+    mut shutdown: watch::Receiver<bool>,
+    mut kill: watch::Receiver<bool>,
+    agent: SimAgent,
+) -> Stop {
+    let epoch = agent.epoch();
+    tokio::select! {
+        _ = shutdown.changed() => Stop::Reset,
+        _ = kill.changed() => Stop::Reset,
+        _ = agent.died() => Stop::Reset,
+        _ = agent.restarted(epoch) => Stop::Reset,
+        _ = agent.terminated() => Stop::Graceful,
+    }
+}
+
+/// Writes one frame unless a reset comes first; a graceful stop lets it finish. Returns
+/// whether the connection can go on.
+async fn write_frame(
+    conn: &mut BoxConn,
+    bytes: &[u8],
+    stop: &mut Pin<&mut futures::future::Fuse<impl Future<Output = Stop>>>,
+    why: &mut Option<Stop>,
+) -> bool {
+    let write = conn.write_all(bytes);
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut write => return r.is_ok() && why.is_none(),
+            w = stop.as_mut() => {
+                *why = Some(w);
+                if w == Stop::Reset {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+async fn run_connection(ctx: ConnCtx, mut conn: BoxConn) {
     let id = ctx.shared.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
-    let (kill_tx, mut kill) = watch::channel(false);
+    let (kill_tx, kill) = watch::channel(false);
     ctx.shared
         .conns
         .lock()
@@ -264,56 +328,61 @@ async fn run_connection(ctx: ConnCtx, conn: BoxConn) {
         .insert(id, kill_tx);
     tracing::debug!(conn = id, "connection opened");
 
-    let (mut reader, mut writer) = tokio::io::split(conn);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    let writer_task = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if writer.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-
+    // Calls that had to wait run as their own tasks and send their outcome back here; the
+    // connection's task does every read and every write.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let mut handlers = JoinSet::new();
-    let mut shutdown = ctx.shutdown.clone();
-    let agent = ctx.agent.clone();
-    let epoch = agent.epoch();
-    let mut graceful = false;
+    let mut reader = FrameReader::default();
+    let stop = stop_signal(ctx.shutdown.clone(), kill, ctx.agent.clone()).fuse();
+    tokio::pin!(stop);
+    let mut why = None;
     loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = kill.changed() => break,
-            // A dead guest or a restarted agent resets every connection.
-            _ = agent.died() => break,
-            _ = agent.restarted(epoch) => break,
-            _ = agent.terminated() => { graceful = true; break; }
-            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
-            frame = read_frame(&mut reader) => match frame {
-                Ok(frame) => dispatch(&ctx, id, frame, &tx, &mut handlers).await,
+        let outcome = tokio::select! {
+            biased;
+            w = &mut stop => { why = Some(w); break; }
+            Some(o) = done_rx.recv() => o,
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
+            // Cancel safe: a frame half read when another branch wins stays in the reader.
+            frame = reader.next(&mut conn) => match frame {
+                Ok(frame) => match dispatch(&ctx, id, frame, &done_tx, &mut handlers).await {
+                    Some(o) => o,
+                    None => continue,
+                },
                 Err(FrameError::Answer { stream_id, status }) => {
-                    let _ = tx.send(response_frame(stream_id, &status, Vec::new())).await;
+                    Outcome::Frame(response_frame(stream_id, &status, Vec::new()))
                 }
                 Err(FrameError::Closed(e)) => {
                     tracing::debug!(conn = id, error = %e, "connection closed by peer");
                     break;
                 }
             }
+        };
+        match outcome {
+            Outcome::Frame(bytes) => {
+                if !write_frame(&mut conn, &bytes, &mut stop, &mut why).await {
+                    break;
+                }
+            }
+            Outcome::Drop => break,
         }
     }
-    if graceful {
+    if why == Some(Stop::Graceful) {
         // Let the calls in flight answer (GetOOMEvent fails, waits return) before closing.
+        drop(done_tx);
         let _ = tokio::time::timeout(TERMINATION_GRACE, async {
-            while handlers.join_next().await.is_some() {}
+            while let Some(Outcome::Frame(bytes)) = done_rx.recv().await {
+                if conn.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
         })
         .await;
         // The answers are written; give the client time to take them before the close.
         // Anything it still sends meets a closing agent, as it would on a real guest.
-        let _ = tokio::time::timeout(TERMINATION_LINGER, read_frame(&mut reader)).await;
+        let _ = tokio::time::timeout(TERMINATION_LINGER, reader.next(&mut conn)).await;
     }
     handlers.shutdown().await;
-    drop(tx);
-    let _ = writer_task.await;
+    let _ = conn.shutdown().await;
     ctx.shared
         .conns
         .lock()
@@ -323,52 +392,43 @@ async fn run_connection(ctx: ConnCtx, conn: BoxConn) {
     tracing::debug!(conn = id, "connection closed");
 }
 
+/// Starts one call. Most calls answer without waiting: they run to completion right here, in
+/// the connection's task, and their outcome is returned. A call that has to wait (a blocking
+/// read, a wait, a delay fault) moves to a task of its own and answers through `done`.
 async fn dispatch(
     ctx: &ConnCtx,
     conn: u64,
-    frame: frame::Frame,
-    tx: &mpsc::Sender<Vec<u8>>,
+    frame: Frame,
+    done: &mpsc::UnboundedSender<Outcome>,
     handlers: &mut JoinSet<()>,
-) {
+) -> Option<Outcome> {
     let stream_id = frame.stream_id;
-    let req = match frame.request() {
+    let answer = |status: ttrpc::Status| {
+        Some(Outcome::Frame(response_frame(
+            stream_id,
+            &status,
+            Vec::new(),
+        )))
+    };
+    let req = match frame.request {
         Ok(req) => req,
-        Err(status) => {
-            let _ = tx
-                .send(response_frame(stream_id, &status, Vec::new()))
-                .await;
-            return;
-        }
+        Err(status) => return answer(status),
     };
     let Some(service) = ctx.services.get(&req.service) else {
-        let status = ttrpc::get_status(
+        return answer(ttrpc::get_status(
             Code::INVALID_ARGUMENT,
             format!("{} service does not exist", req.service),
-        );
-        let _ = tx
-            .send(response_frame(stream_id, &status, Vec::new()))
-            .await;
-        return;
+        ));
     };
-    if !service.methods.contains_key(&req.method) {
-        let status = ttrpc::get_status(Code::UNIMPLEMENTED, format!("{} method", req.method));
-        let _ = tx
-            .send(response_frame(stream_id, &status, Vec::new()))
-            .await;
-        return;
-    }
-    let services = Arc::clone(&ctx.services);
-    let tx = tx.clone();
-    let shared = Arc::clone(&ctx.shared);
-    handlers.spawn(service::CONN_ID.scope(
+    let Some(method) = service.get(&req.method).cloned() else {
+        return answer(ttrpc::get_status(
+            Code::UNIMPLEMENTED,
+            format!("{} method", req.method),
+        ));
+    };
+    let mut call = Box::pin(service::CONN_ID.scope(
         conn,
         TRANSPORT.scope(Cell::new(None), async move {
-            let Some(method) = services
-                .get(&req.service)
-                .and_then(|s| s.methods.get(&req.method))
-            else {
-                return;
-            };
             let tctx = ttrpc::r#async::TtrpcContext {
                 mh: ttrpc::MessageHeader {
                     length: 0,
@@ -381,29 +441,30 @@ async fn dispatch(
                 connection_data: Default::default(),
             };
             let result = method.handler(tctx, req).await;
-            let fault = TRANSPORT.with(Cell::get);
-            let bytes = match (fault, result) {
-                (Some(TransportFault::Drop), _) => {
-                    // The fault closes this connection instead of answering.
-                    if let Some(kill) = shared
-                        .conns
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&conn)
-                    {
-                        let _ = kill.send(true);
-                    }
-                    return;
+            match (TRANSPORT.with(Cell::get), result) {
+                (Some(TransportFault::Drop), _) => Outcome::Drop,
+                (Some(TransportFault::Corrupt), _) => {
+                    Outcome::Frame(frame::corrupt_frame(stream_id))
                 }
-                (Some(TransportFault::Corrupt), _) => frame::corrupt_frame(stream_id),
-                (None, Ok(resp)) => frame::encode_response(stream_id, &resp),
-                (None, Err(e)) => {
-                    response_frame(stream_id, &ttrpc::get_status(Code::UNKNOWN, e), Vec::new())
-                }
-            };
-            let _ = tx.send(bytes).await;
+                (None, Ok(resp)) => Outcome::Frame(frame::encode_response(stream_id, &resp)),
+                (None, Err(e)) => Outcome::Frame(response_frame(
+                    stream_id,
+                    &ttrpc::get_status(Code::UNKNOWN, e),
+                    Vec::new(),
+                )),
+            }
         }),
     ));
+    if let Poll::Ready(outcome) =
+        std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await
+    {
+        return Some(outcome);
+    }
+    let done = done.clone();
+    handlers.spawn(async move {
+        let _ = done.send(call.await);
+    });
+    None
 }
 
 /// Where a socket file of this server lives, for callers that print it.

@@ -73,24 +73,33 @@ impl health_ttrpc::Health for Dispatch {
     }
 }
 
+/// One unary method handler of a generated service, shareable with the task that runs it.
+pub(crate) type Handler = Arc<dyn ttrpc::r#async::MethodHandler + Send + Sync>;
+
+/// Every served method by service name, then method name.
+pub(crate) type ServiceMap = BTreeMap<String, BTreeMap<String, Handler>>;
+
 /// The registered services, as the generated `create_*` helpers build them, minus the
 /// methods the agent's version does not have (an older agent answers them as unknown).
-/// ttrpc's service registry. Its type is ttrpc's; it is looked up, never iterated into a trace.
-#[allow(clippy::disallowed_types)]
-pub(crate) type ServiceMap = std::collections::HashMap<String, ttrpc::r#async::Service>;
-
 pub(crate) fn services(agent: &SimAgent) -> ServiceMap {
     let d = Arc::new(Dispatch {
         agent: agent.clone(),
     });
-    let mut services = agent_ttrpc::create_agent_service(d.clone());
-    services.extend(health_ttrpc::create_health(d));
+    let mut generated = agent_ttrpc::create_agent_service(d.clone());
+    generated.extend(health_ttrpc::create_health(d));
     let version = agent.version();
-    for svc in services.values_mut() {
-        svc.methods
-            .retain(|name, _| Method::from_wire_name(name).is_none_or(|m| version.serves(m)));
-    }
-    services
+    generated
+        .into_iter()
+        .map(|(name, svc)| {
+            let methods = svc
+                .methods
+                .into_iter()
+                .filter(|(m, _)| Method::from_wire_name(m).is_none_or(|m| version.serves(m)))
+                .map(|(m, h)| (m, Handler::from(h)))
+                .collect();
+            (name, methods)
+        })
+        .collect()
 }
 
 #[allow(dead_code)]

@@ -3,6 +3,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use protobuf::Message as _;
+
 use sim_agent::protocols::{agent, health};
 use sim_agent::{Agent, AgentRpc, CallOpts, Method, RemoteAgent, SimAgent, SimConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -471,6 +473,66 @@ async fn concurrent_blocking_calls_share_one_connection() {
         "every concurrent waiter gets the status"
     );
     assert_eq!(oom.unwrap(), "c1");
+    srv.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frame_split_around_another_answer_is_read_whole() {
+    // The connection answers a waiting call while the next frame has only half arrived: the
+    // half already read must not be lost (the frame reader is cancel safe).
+    let sim = SimAgent::new().unwrap();
+    let srv = TestServer::start(sim.clone(), "unix").await;
+    let a = RemoteAgent::connect(&srv.url("unix")).await.unwrap();
+    Agent::create_container(&a, create_req("c1", &["cat"]))
+        .await
+        .unwrap();
+    Agent::start_container(&a, "c1".into()).await.unwrap();
+    let mut raw = RawClient::connect(&srv.path).await;
+    let wait = agent::WaitProcessRequest {
+        container_id: "c1".into(),
+        exec_id: "c1".into(),
+        ..Default::default()
+    };
+    raw.send_request(
+        1,
+        "grpc.AgentService",
+        "WaitProcess",
+        wait.write_to_bytes().unwrap(),
+        0,
+        &[],
+    )
+    .await;
+    // The server has taken WaitProcess (it is traced) before the half frame goes out.
+    bounded(async {
+        while !sim.trace().methods().iter().any(|m| m == "WaitProcess") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let mut check = ttrpc::Request::new();
+    check.service = "grpc.Health".into();
+    check.method = "Check".into();
+    check.payload = health::CheckRequest::new().write_to_bytes().unwrap();
+    let body = check.write_to_bytes().unwrap();
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&3u32.to_be_bytes());
+    frame.extend_from_slice(&[1, 0]);
+    frame.extend_from_slice(&body);
+    let (head, tail) = frame.split_at(6);
+    raw.stream.write_all(head).await.unwrap();
+    raw.stream.flush().await.unwrap();
+    Agent::signal_process(&a, "c1".into(), String::new(), 9, false)
+        .await
+        .unwrap();
+    let waited = bounded(raw.read_response()).await.unwrap();
+    assert_eq!((waited.stream_id, waited.code), (1, 0));
+    raw.stream.write_all(tail).await.unwrap();
+    let checked = bounded(raw.read_response()).await.unwrap();
+    assert_eq!(
+        (checked.stream_id, checked.status()),
+        (3, (0, "")),
+        "the split frame was answered as a whole"
+    );
     srv.server.shutdown().await;
 }
 

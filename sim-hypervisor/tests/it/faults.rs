@@ -17,6 +17,7 @@ async fn fleet_with(rules: &[&str]) -> (tempfile::TempDir, RemoteHypervisorServe
     let mut config = FleetConfig::new(dir.path().join("vms"));
     config.vm.boot_time = Duration::from_millis(1);
     config.faults = FaultEngine::new(3);
+    config.record = true;
     for r in rules {
         config.faults.add(r).unwrap();
     }

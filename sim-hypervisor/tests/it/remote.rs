@@ -21,10 +21,16 @@ struct Service {
     server: RemoteHypervisorServer,
 }
 
+/// A fleet that keeps every call in its trace (as the exec driver's does).
 async fn service() -> Service {
+    service_with(true).await
+}
+
+async fn service_with(record: bool) -> Service {
     let dir = tempfile::tempdir().unwrap();
     let mut config = FleetConfig::new(dir.path().join("vms"));
     config.vm.boot_time = Duration::from_millis(1);
+    config.record = record;
     let fleet = Arc::new(Fleet::new(config).unwrap());
     let socket = dir.path().join("hypervisor.sock");
     let server = RemoteHypervisorServer::bind(&socket, fleet).await.unwrap();
@@ -199,6 +205,37 @@ async fn a_vm_that_dies_fails_pending_agent_calls_promptly() {
     assert_eq!(vm.state(), Some(VmState::Stopped));
     // The runtime then stops it: the fleet forgets it.
     hv.stop_vm(false).await.unwrap();
+    svc.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fleet_that_does_not_record_keeps_nothing_past_stop_vm() {
+    // `kata-sim serve` runs for as long as CI does: what a VM recorded goes with the VM.
+    let svc = service_with(false).await;
+    let fleet = Arc::clone(svc.server.fleet());
+    for i in 0..3 {
+        let id = format!("pod-{i}");
+        let hv = RemoteHypervisor::connect(&svc.socket).await.unwrap();
+        hv.create_vm(id.clone(), Network::default(), go_annotations())
+            .await
+            .unwrap();
+        hv.start_vm(10).await.unwrap();
+        let agent = RemoteAgent::connect(&hv.get_agent_socket().await.unwrap())
+            .await
+            .unwrap();
+        agent.check().await.unwrap();
+        let vm = fleet.vm(&id).unwrap();
+        let methods = vm.trace().methods();
+        assert_eq!(
+            methods,
+            ["CreateVM", "StartVM", "Check"],
+            "a VM's own record holds its operations and its guest's calls, and only those"
+        );
+        drop((agent, vm));
+        hv.stop_vm(false).await.unwrap();
+    }
+    assert!(fleet.ids().is_empty());
+    assert!(fleet.trace().is_empty(), "nothing accumulates fleet-wide");
     svc.server.shutdown().await;
 }
 
