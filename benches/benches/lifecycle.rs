@@ -1,7 +1,7 @@
 //! Whole-system benches.
 //!
 //! - `lifecycle/{in_process,wire}`: one pod from CreateVM to StopVM with a container through
-//!   its stop and the termination-log copy (CreateVM, StartVM, CreateSandbox, CopyFile,
+//!   its stop and the termination-log copy (CreateVM, StartVM, Check, CreateSandbox, CopyFile,
 //!   CreateContainer, StartContainer, WaitProcess, GetDiagnosticData, SignalProcess,
 //!   RemoveContainer, DestroySandbox, StopVM). VMs boot in no time here: no hidden sleeps.
 //! - `scale/check/{1000,100,1}`: Check on one guest while 1,000, 100 or 1 sandboxes run in one
@@ -10,8 +10,9 @@
 //!   largest fleet first, so that the figure starts from a clean process.
 //! - `scenarios/library`: the bundled scenario library in-process (throughput).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sim_agent::protocols::{agent, oci};
@@ -72,36 +73,114 @@ fn container() -> agent::CreateContainerRequest {
     }
 }
 
-/// The agent half of a pod, on any client.
-async fn pod<A: Agent>(a: &A, sandbox: &str, term: &std::path::Path) {
+/// The agent half of a pod, on any client. `lap` is called after each step with its name.
+async fn pod<A: Agent>(
+    a: &A,
+    sandbox: &str,
+    term: &std::path::Path,
+    lap: &mut impl FnMut(&'static str),
+) {
     a.start_sandbox(agent::CreateSandboxRequest {
         sandbox_id: sandbox.into(),
         ..Default::default()
     })
     .await
     .expect("sandbox");
+    lap("Check, CreateSandbox");
     a.copy_file(term.to_path_buf(), TERM.into())
         .await
         .expect("copy");
+    lap("CopyFile");
     a.create_container(container()).await.expect("create");
+    lap("CreateContainer");
     a.start_container("c1".into()).await.expect("start");
+    lap("StartContainer");
     assert_eq!(
         a.wait_process("c1".into(), "c1".into())
             .await
             .expect("wait"),
         0
     );
+    lap("WaitProcess");
     let msg = a
         .get_diagnostic_data("termination_log".into(), "c1".into())
         .await
         .expect("diag");
     assert_eq!(msg, "done\n");
+    lap("GetDiagnosticData");
     a.signal_process("c1".into(), String::new(), 9, true)
         .await
         .expect("kill");
+    lap("SignalProcess");
     a.stop_container("c1".into()).await.expect("remove");
+    lap("RemoveContainer");
     a.stop_sandbox().await.expect("destroy");
+    lap("DestroySandbox");
 }
+
+/// A whole pod on a [`SimHypervisor`] of this process, with no wire anywhere.
+async fn in_process_pod(
+    settings: &SimVmConfig,
+    id: String,
+    term: &std::path::Path,
+    lap: &mut impl FnMut(&'static str),
+) {
+    let vm = SimHypervisor::new(settings.clone());
+    vm.create_vm(id.clone(), Network::default(), HypervisorConfig::default())
+        .await
+        .expect("create vm");
+    lap("CreateVM");
+    vm.start_vm(60).await.expect("start vm");
+    lap("StartVM");
+    let guest = vm.agent().expect("guest");
+    pod(&guest, &id, term, lap).await;
+    vm.stop_vm(false).await.expect("stop vm");
+    vm.cleanup().await.expect("cleanup");
+    lap("StopVM");
+}
+
+/// A whole pod through `kata-sim`'s remote-hypervisor service and the guest's own socket.
+async fn wire_pod(
+    socket: &std::path::Path,
+    id: String,
+    term: &std::path::Path,
+    lap: &mut impl FnMut(&'static str),
+) {
+    let hv = RemoteHypervisor::connect(socket).await.expect("hv");
+    lap("connect to the hypervisor");
+    hv.create_vm(id.clone(), Network::default(), HypervisorConfig::default())
+        .await
+        .expect("create vm");
+    lap("CreateVM");
+    hv.start_vm(60).await.expect("start vm");
+    lap("StartVM");
+    let url = hv.get_agent_socket().await.expect("socket");
+    let agent = RemoteAgent::connect(&url).await.expect("agent");
+    lap("dial the agent");
+    pod(&agent, &id, term, lap).await;
+    // The runtime hangs up before it stops the VM, as the shims do.
+    drop(agent);
+    hv.stop_vm(false).await.expect("stop vm");
+    lap("StopVM");
+}
+
+/// The round trips each step makes over the wire (a connection counts as one).
+const ROUND_TRIPS: &[(&str, u32)] = &[
+    ("connect to the hypervisor", 1),
+    ("CreateVM", 1),
+    ("StartVM", 1),
+    ("dial the agent", 1),
+    ("Check, CreateSandbox", 2),
+    ("CopyFile", 1),
+    ("CreateContainer", 1),
+    ("StartContainer", 1),
+    ("WaitProcess", 1),
+    ("GetDiagnosticData", 1),
+    ("SignalProcess", 1),
+    ("RemoveContainer", 1),
+    ("DestroySandbox", 1),
+    ("StopVM", 1),
+];
 
 fn lifecycle(c: &mut Criterion) {
     let rt = runtime();
@@ -119,17 +198,8 @@ fn lifecycle(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             n += 1;
             let id = format!("p{n}");
-            let vm = SimHypervisor::new(settings.clone());
-            let term = term.clone();
-            async move {
-                vm.create_vm(id.clone(), Network::default(), HypervisorConfig::default())
-                    .await
-                    .expect("create vm");
-                vm.start_vm(60).await.expect("start vm");
-                let guest = vm.agent().expect("guest");
-                pod(&guest, &id, &term).await;
-                vm.stop_vm(false).await.expect("stop vm");
-            }
+            let (settings, term) = (&settings, &term);
+            async move { in_process_pod(settings, id, term, &mut |_| {}).await }
         })
     });
     let mut config = FleetConfig::new(dir.path().join("vms"));
@@ -143,25 +213,66 @@ fn lifecycle(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             n += 1;
             let id = format!("w{n}");
-            let socket = socket.clone();
-            let term = term.clone();
-            async move {
-                let hv = RemoteHypervisor::connect(&socket).await.expect("hv");
-                hv.create_vm(id.clone(), Network::default(), HypervisorConfig::default())
-                    .await
-                    .expect("create vm");
-                hv.start_vm(60).await.expect("start vm");
-                let url = hv.get_agent_socket().await.expect("socket");
-                let agent = RemoteAgent::connect(&url).await.expect("agent");
-                pod(&agent, &id, &term).await;
-                // The runtime hangs up before it stops the VM, as the shims do.
-                drop(agent);
-                hv.stop_vm(false).await.expect("stop vm");
-            }
+            let (socket, term) = (&socket, &term);
+            async move { wire_pod(socket, id, term, &mut |_| {}).await }
         })
     });
     group.finish();
+    phases(&rt, &settings, &socket, &term);
     rt.block_on(server.shutdown());
+}
+
+/// Times every step of the lifecycle, in-process and over the wire (the profile behind the
+/// lifecycle row of `cargo xtask bench-report`), and writes the medians to
+/// `target/criterion/lifecycle-phases.json`. Under `--test` it runs each kind once.
+fn phases(
+    rt: &tokio::runtime::Runtime,
+    settings: &SimVmConfig,
+    socket: &std::path::Path,
+    term: &std::path::Path,
+) {
+    let pods = if std::env::args().any(|a| a == "--test") {
+        1
+    } else {
+        300
+    };
+    let mut samples: BTreeMap<(&str, &str), Vec<Duration>> = BTreeMap::new();
+    for i in 0..pods {
+        for kind in ["in_process", "wire"] {
+            let id = format!("phase-{kind}-{i}");
+            let mut last = Instant::now();
+            let mut lap = |step: &'static str| {
+                let now = Instant::now();
+                samples.entry((kind, step)).or_default().push(now - last);
+                last = now;
+            };
+            rt.block_on(async {
+                match kind {
+                    "wire" => wire_pod(socket, id, term, &mut lap).await,
+                    _ => in_process_pod(settings, id, term, &mut lap).await,
+                }
+            });
+        }
+    }
+    let median = |kind: &str, step: &str| {
+        let mut v = samples.get(&(kind, step)).cloned().unwrap_or_default();
+        v.sort();
+        v.get(v.len() / 2).map_or(0, |d| d.as_nanos())
+    };
+    let rows: Vec<String> = ROUND_TRIPS
+        .iter()
+        .map(|(step, trips)| {
+            format!(
+                "  {{\"step\": \"{step}\", \"round_trips\": {trips}, \"wire_ns\": {}, \"in_process_ns\": {}}}",
+                median("wire", step),
+                median("in_process", step)
+            )
+        })
+        .collect();
+    let json = format!("[\n{}\n]\n", rows.join(",\n"));
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(out.join("lifecycle-phases.json"), json);
 }
 
 fn rss_kib() -> u64 {

@@ -186,7 +186,6 @@ impl AgentServer {
 
     fn conn_ctx(&self) -> ConnCtx {
         ConnCtx {
-            services: Arc::new(service::services(&self.agent)),
             agent: self.agent.clone(),
             shared: Arc::clone(&self.shared),
             shutdown: self.shutdown.subscribe(),
@@ -232,7 +231,6 @@ impl AgentServer {
 
 #[derive(Clone)]
 struct ConnCtx {
-    services: Arc<service::ServiceMap>,
     agent: SimAgent,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -414,20 +412,30 @@ async fn dispatch(
         Ok(req) => req,
         Err(status) => return answer(status),
     };
-    let Some(service) = ctx.services.get(&req.service) else {
+    let Some(service) = service::services().get(&req.service) else {
         return answer(ttrpc::get_status(
             Code::INVALID_ARGUMENT,
             format!("{} service does not exist", req.service),
         ));
     };
-    let Some(method) = service.get(&req.method).cloned() else {
-        return answer(ttrpc::get_status(
-            Code::UNIMPLEMENTED,
-            format!("{} method", req.method),
-        ));
+    let method = match service.get(&req.method) {
+        Some((rpc, method)) if rpc.is_none_or(|m| ctx.agent.version().serves(m)) => {
+            Arc::clone(method)
+        }
+        // Unknown, or not in this agent's version: an older agent does not have it.
+        _ => {
+            return answer(ttrpc::get_status(
+                Code::UNIMPLEMENTED,
+                format!("{} method", req.method),
+            ));
+        }
     };
-    let mut call = Box::pin(service::CONN_ID.scope(
+    let call = service::Call {
+        agent: ctx.agent.clone(),
         conn,
+    };
+    let mut call = Box::pin(service::CALL.scope(
+        call,
         TRANSPORT.scope(Cell::new(None), async move {
             let tctx = ttrpc::r#async::TtrpcContext {
                 mh: ttrpc::MessageHeader {

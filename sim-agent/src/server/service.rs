@@ -1,5 +1,8 @@
 //! The generated ttrpc service traits, implemented by handing every call to the
 //! [`SimAgent`]'s [`AgentRpc`] methods (the same path in-process callers take).
+//!
+//! The method table is built once per process and shared by every server: the agent a call is
+//! for travels with the call (a task-local [`Call`]), not inside the handlers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,16 +15,32 @@ use crate::protocols::{agent, agent_ttrpc, csi, health, health_ttrpc, types};
 use crate::rpc::{AgentRpc, CallOpts, Method};
 use crate::sim::SimAgent;
 
-tokio::task_local! {
-    /// The id of the server connection the current handler serves.
-    pub(crate) static CONN_ID: u64;
+/// What the current call is for: its agent and the server connection it arrived on.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    pub agent: SimAgent,
+    pub conn: u64,
 }
 
-/// Adapts a [`SimAgent`] to the generated service traits.
-#[derive(Debug, Clone)]
-pub(crate) struct Dispatch {
-    pub agent: SimAgent,
+tokio::task_local! {
+    /// The call the current handler serves.
+    pub(crate) static CALL: Call;
 }
+
+/// The agent of the current call. Every handler runs inside [`CALL`]'s scope (the server
+/// puts it there); a handler reached another way answers INTERNAL rather than panicking.
+fn agent() -> ttrpc::Result<SimAgent> {
+    CALL.try_with(|c| c.agent.clone()).map_err(|_| {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(
+            ttrpc::Code::INTERNAL,
+            "a handler ran outside a server call",
+        ))
+    })
+}
+
+/// Adapts the generated service traits to the current call's [`SimAgent`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dispatch;
 
 fn opts(ctx: &TtrpcContext) -> CallOpts {
     let metadata: BTreeMap<String, Vec<String>> = ctx
@@ -32,7 +51,7 @@ fn opts(ctx: &TtrpcContext) -> CallOpts {
     CallOpts {
         timeout: (ctx.timeout_nano > 0).then(|| Duration::from_nanos(ctx.timeout_nano as u64)),
         metadata,
-        conn: CONN_ID.try_with(|c| *c).ok(),
+        conn: CALL.try_with(|c| c.conn).ok(),
     }
 }
 
@@ -42,7 +61,7 @@ macro_rules! impl_agent_service {
         impl agent_ttrpc::AgentService for Dispatch {
             $(
                 async fn $snake(&self, ctx: &TtrpcContext, req: $req) -> ttrpc::Result<$resp> {
-                    AgentRpc::$snake(&self.agent, req, opts(ctx)).await.map_err(Into::into)
+                    AgentRpc::$snake(&agent()?, req, opts(ctx)).await.map_err(Into::into)
                 }
             )*
         }
@@ -57,7 +76,7 @@ impl health_ttrpc::Health for Dispatch {
         ctx: &TtrpcContext,
         req: health::CheckRequest,
     ) -> ttrpc::Result<health::HealthCheckResponse> {
-        AgentRpc::check(&self.agent, req, opts(ctx))
+        AgentRpc::check(&agent()?, req, opts(ctx))
             .await
             .map_err(Into::into)
     }
@@ -67,7 +86,7 @@ impl health_ttrpc::Health for Dispatch {
         ctx: &TtrpcContext,
         req: health::CheckRequest,
     ) -> ttrpc::Result<health::VersionCheckResponse> {
-        AgentRpc::version(&self.agent, req, opts(ctx))
+        AgentRpc::version(&agent()?, req, opts(ctx))
             .await
             .map_err(Into::into)
     }
@@ -76,30 +95,33 @@ impl health_ttrpc::Health for Dispatch {
 /// One unary method handler of a generated service, shareable with the task that runs it.
 pub(crate) type Handler = Arc<dyn ttrpc::r#async::MethodHandler + Send + Sync>;
 
-/// Every served method by service name, then method name.
-pub(crate) type ServiceMap = BTreeMap<String, BTreeMap<String, Handler>>;
+/// Every method of every service by service name, then method name, with the agent RPC it
+/// is (`None` for none that versions tell apart).
+pub(crate) type ServiceMap = BTreeMap<String, BTreeMap<String, (Option<Method>, Handler)>>;
 
-/// The registered services, as the generated `create_*` helpers build them, minus the
-/// methods the agent's version does not have (an older agent answers them as unknown).
-pub(crate) fn services(agent: &SimAgent) -> ServiceMap {
-    let d = Arc::new(Dispatch {
-        agent: agent.clone(),
+/// The registered services, as the generated `create_*` helpers build them. An agent whose
+/// version lacks a method answers it as unknown; the server checks that per call.
+pub(crate) fn services() -> &'static ServiceMap {
+    static SERVICES: std::sync::LazyLock<ServiceMap> = std::sync::LazyLock::new(|| {
+        let d = Arc::new(Dispatch);
+        let mut generated = agent_ttrpc::create_agent_service(d.clone());
+        generated.extend(health_ttrpc::create_health(d));
+        generated
+            .into_iter()
+            .map(|(name, svc)| {
+                let methods = svc
+                    .methods
+                    .into_iter()
+                    .map(|(m, h)| {
+                        let rpc = Method::from_wire_name(&m);
+                        (m, (rpc, Handler::from(h)))
+                    })
+                    .collect();
+                (name, methods)
+            })
+            .collect()
     });
-    let mut generated = agent_ttrpc::create_agent_service(d.clone());
-    generated.extend(health_ttrpc::create_health(d));
-    let version = agent.version();
-    generated
-        .into_iter()
-        .map(|(name, svc)| {
-            let methods = svc
-                .methods
-                .into_iter()
-                .filter(|(m, _)| Method::from_wire_name(m).is_none_or(|m| version.serves(m)))
-                .map(|(m, h)| (m, Handler::from(h)))
-                .collect();
-            (name, methods)
-        })
-        .collect()
+    &SERVICES
 }
 
 #[allow(dead_code)]

@@ -92,13 +92,9 @@ impl Guest {
         if let Some(root) = spec.Root.as_ref().filter(|r| !r.Path.is_empty()) {
             // Nothing is pulled or mounted: a missing rootfs is presented as an empty busybox
             // image (its directories), so that one-liners writing to /tmp work as on a guest.
-            if !self.fs.exists(&root.Path) {
-                for dir in IMAGE_SKELETON {
-                    self.fs
-                        .mkdir_all(&format!("{}/{dir}", root.Path))
-                        .map_err(io_internal)?;
-                }
-            }
+            self.fs
+                .create_tree(&root.Path, IMAGE_SKELETON)
+                .map_err(io_internal)?;
         }
         let mut st = self.lock();
         let pid = Guest::alloc_pid(&mut st);

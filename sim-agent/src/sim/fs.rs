@@ -17,7 +17,22 @@ const MAX_SYMLINKS: usize = 40;
 #[derive(Debug)]
 pub struct GuestFs {
     root: PathBuf,
-    _owned: Option<tempfile::TempDir>,
+    owned: Option<tempfile::TempDir>,
+}
+
+impl Drop for GuestFs {
+    /// A guest root of its own is deleted when the guest goes (its VM stopped). Nobody waits
+    /// for that: inside a tokio runtime the files are removed on its blocking pool, so that a
+    /// StopVM answers without first deleting some twenty directories (the runtime finishes
+    /// the removal before it shuts down); elsewhere they are removed here.
+    fn drop(&mut self) {
+        if let Some(dir) = self.owned.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(dir))),
+                Err(_) => drop(dir),
+            }
+        }
+    }
 }
 
 /// Why a guest path could not be resolved.
@@ -42,14 +57,14 @@ impl GuestFs {
             .tempdir()?;
         Ok(GuestFs {
             root: dir.path().to_path_buf(),
-            _owned: Some(dir),
+            owned: Some(dir),
         })
     }
 
     /// A guest root in an existing directory, which is left in place.
     pub fn at(root: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(&root)?;
-        Ok(GuestFs { root, _owned: None })
+        Ok(GuestFs { root, owned: None })
     }
 
     /// The host directory that is the guest's `/`.
@@ -98,6 +113,29 @@ impl GuestFs {
         std::fs::create_dir_all(p)
     }
 
+    /// Creates the guest directory `base` with the relative directories `dirs` in it, unless
+    /// `base` already exists (then nothing is touched and the answer is `false`). `base` is
+    /// resolved once: the directories below it are new, so none of them can be a symlink.
+    pub fn create_tree(&self, base: &str, dirs: &[&str]) -> io::Result<bool> {
+        let p = self.resolve(base).map_err(into_io)?;
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::create_dir(&p) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            other => other?,
+        }
+        for dir in dirs {
+            debug_assert!(
+                Path::new(dir)
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_)))
+            );
+            std::fs::create_dir_all(p.join(dir))?;
+        }
+        Ok(true)
+    }
+
     /// Whether a guest path exists (following symlinks inside the root).
     pub fn exists(&self, guest_path: &str) -> bool {
         self.resolve(guest_path)
@@ -124,38 +162,61 @@ fn into_io(e: PathError) -> io::Error {
 
 /// Resolves `path` inside `root`. With `clamp`, `..` at the root stays at the root (chroot
 /// semantics); without it, leaving the root is an error.
+///
+/// Each component is looked at once (`lstat`) for a symlink, until one does not exist: what
+/// follows a missing component cannot be a symlink, so it is taken as written.
 pub fn resolve_in(root: &Path, path: &Path, clamp: bool) -> Result<PathBuf, PathError> {
-    let mut parts: Vec<std::ffi::OsString> = Vec::new();
+    let mut out = root.to_path_buf();
+    // Components pushed onto `out` below the root.
+    let mut depth = 0usize;
     let mut pending: Vec<std::ffi::OsString> = Vec::new();
     push_components(&mut pending, path);
     let mut followed = 0;
+    let mut missing = false;
     while let Some(c) = pending.pop() {
         if c == ".." {
-            if parts.pop().is_none() && !clamp {
-                return Err(PathError::Escapes(path.display().to_string()));
+            if depth == 0 {
+                if !clamp {
+                    return Err(PathError::Escapes(path.display().to_string()));
+                }
+            } else {
+                out.pop();
+                depth -= 1;
+                // Back in a directory that may exist: look again.
+                missing = false;
             }
             continue;
         }
         if c == "." || c.is_empty() {
             continue;
         }
-        let candidate: PathBuf = root.join(parts.iter().collect::<PathBuf>()).join(&c);
-        match std::fs::symlink_metadata(&candidate) {
+        out.push(&c);
+        if missing {
+            depth += 1;
+            continue;
+        }
+        match std::fs::symlink_metadata(&out) {
             Ok(m) if m.file_type().is_symlink() => {
                 followed += 1;
                 if followed > MAX_SYMLINKS {
                     return Err(PathError::Loop(path.display().to_string()));
                 }
-                let target = std::fs::read_link(&candidate)?;
+                let target = std::fs::read_link(&out)?;
+                out.pop();
                 if target.is_absolute() {
-                    parts.clear();
+                    out = root.to_path_buf();
+                    depth = 0;
                 }
                 push_components(&mut pending, &target);
             }
-            _ => parts.push(c),
+            Ok(_) => depth += 1,
+            Err(e) => {
+                missing = e.kind() == io::ErrorKind::NotFound;
+                depth += 1;
+            }
         }
     }
-    Ok(root.join(parts.iter().collect::<PathBuf>()))
+    Ok(out)
 }
 
 /// Pushes the components of `p` onto a stack so that the first component is popped first.
@@ -193,6 +254,67 @@ mod tests {
         );
         std::os::unix::fs::symlink("../../../../..", fs.root().join("a/up")).unwrap();
         assert_eq!(fs.resolve("/a/up/x").unwrap(), fs.root().join("x"));
+    }
+
+    #[test]
+    fn a_symlink_after_a_missing_directory_and_dotdot_is_still_followed() {
+        let fs = GuestFs::temp().unwrap();
+        fs.mkdir_all("/a").unwrap();
+        std::os::unix::fs::symlink("/etc", fs.root().join("a/link")).unwrap();
+        // `nothere` is missing, so what follows it is not looked at, until `..` climbs back.
+        assert_eq!(
+            fs.resolve("/a/nothere/../link/passwd").unwrap(),
+            fs.root().join("etc/passwd")
+        );
+        assert_eq!(
+            fs.resolve("/a/nothere/link/x").unwrap(),
+            fs.root().join("a/nothere/link/x")
+        );
+    }
+
+    #[test]
+    fn a_tree_is_created_once_and_never_through_an_existing_base() {
+        let fs = GuestFs::temp().unwrap();
+        assert!(fs.create_tree("/r/rootfs", &["tmp", "usr/bin"]).unwrap());
+        assert!(fs.root().join("r/rootfs/usr/bin").is_dir());
+        // An existing base (here a symlink out of the guest) is left alone.
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), fs.root().join("r/other")).unwrap();
+        assert!(!fs.create_tree("/r/rootfs", &["etc"]).unwrap());
+        assert!(!fs.root().join("r/rootfs/etc").exists());
+        fs.create_tree("/r/other", &["etc"]).unwrap();
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_owned_root_is_deleted_with_its_guest_even_from_inside_a_runtime() {
+        let fs = GuestFs::temp().unwrap();
+        fs.write("/run/a/b", b"x").unwrap();
+        let root = fs.root().to_path_buf();
+        drop(fs);
+        assert!(!root.exists(), "outside a runtime: removed in place");
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let root = rt.block_on(async {
+            let fs = GuestFs::temp().unwrap();
+            fs.write("/run/a/b", b"x").unwrap();
+            fs.root().to_path_buf()
+        });
+        // Removed on the blocking pool; the runtime waits for it before it is gone.
+        drop(rt);
+        assert!(
+            !root.exists(),
+            "inside a runtime: removed before the runtime ends"
+        );
+
+        let kept = tempfile::tempdir().unwrap();
+        drop(GuestFs::at(kept.path().join("g")).unwrap());
+        assert!(
+            kept.path().join("g").is_dir(),
+            "a root it was given is left in place"
+        );
     }
 
     #[test]
