@@ -133,17 +133,21 @@ struct Row {
 }
 
 fn bench_report(quick: bool) -> anyhow::Result<()> {
+    // The report needs no plots; `--quick` runs only the benches its table reads (the other
+    // RPCs of `rpc/*` are for `cargo bench` and criterion's own comparisons).
     let timing: &[&str] = if quick {
         &[
+            "--noplot",
             "--warm-up-time",
             "0.3",
             "--measurement-time",
             "1",
             "--sample-size",
             "10",
+            "^(floor/|rpc/[a-z_]+/check$|fault_overhead/|lifecycle/|scale/|scenarios/)",
         ]
     } else {
-        &["--warm-up-time", "1", "--measurement-time", "3"]
+        &["--noplot", "--warm-up-time", "1", "--measurement-time", "3"]
     };
     let mut args = vec![
         "bench",
