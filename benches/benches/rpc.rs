@@ -3,11 +3,16 @@
 //! - `floor`: a raw unix-socket ping-pong of 16 bytes, and a bare ttrpc server (ttrpc-rust's
 //!   own) whose `Health.Check` handler does nothing, on the same transport;
 //! - `check`: sim-agent's `Health.Check` in-process, over unix and over hybrid vsock;
-//! - `rpc/{in_process,unix,hvsock}`: the agent calls runtimes make, with realistic payloads
-//!   (each iteration leaves the guest as it found it, so every sample measures the same work).
+//! - `rpc/{in_process,unix,hvsock}`: the agent calls runtimes make, with realistic payloads:
+//!   Check, GetGuestDetails, CreateContainer (an OCI spec as the Go shim sends it),
+//!   StartContainer, ExecProcess, WaitProcess of an exited process, ReadStdout and WriteStdin
+//!   of 32 KiB, GetDiagnosticData of a 4 KiB message, CopyFile of a 1 MiB chunk. Only the named
+//!   call is timed; what it needs (a created container to start, an exited process to wait
+//!   for) is made before and cleaned up after, so every sample measures the same work.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sim_agent::protocols::{agent, health, health_ttrpc, oci};
@@ -211,8 +216,44 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
     })
 }
 
-/// The calls, one iteration each, on any client.
-async fn call<A: Agent + AgentRpc>(a: &A, name: &str, n: u64, source: &std::path::Path) {
+/// Yields until the guest's process has exited (without reaping it).
+async fn exited(sim: &SimAgent, cid: &str, eid: &str) {
+    while sim.exit_status(cid, eid).is_none() {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn exec_req(eid: &str) -> agent::ExecProcessRequest {
+    agent::ExecProcessRequest {
+        container_id: "box".into(),
+        exec_id: eid.into(),
+        process: spec("box", &["true"], None).OCI.unwrap().Process,
+        ..Default::default()
+    }
+}
+
+/// One iteration of the call `name` on any client; returns the time of that call alone
+/// (what it needs before and after, such as a container to start, is not counted).
+async fn call<A: Agent + AgentRpc>(
+    a: &A,
+    sim: &SimAgent,
+    name: &str,
+    n: u64,
+    source: &std::path::Path,
+) -> Duration {
+    let id = format!("b{n}");
+    // Untimed preparation.
+    match name {
+        "start_container" => Agent::create_container(a, spec(&id, &["true"], None))
+            .await
+            .expect("create"),
+        "wait_process_exited" => {
+            Agent::exec(a, exec_req(&id)).await.expect("exec");
+            exited(sim, "box", &id).await;
+        }
+        _ => {}
+    }
+    let t = Instant::now();
     match name {
         "check" => Agent::check(a).await.expect("check"),
         "get_guest_details" => {
@@ -226,6 +267,25 @@ async fn call<A: Agent + AgentRpc>(a: &A, name: &str, n: u64, source: &std::path
             )
             .await
             .expect("details");
+        }
+        "create_container" => Agent::create_container(a, spec(&id, &["true"], None))
+            .await
+            .expect("create"),
+        "start_container" => Agent::start_container(a, id.clone()).await.expect("start"),
+        "exec_process" => Agent::exec(a, exec_req(&id)).await.expect("exec"),
+        "wait_process_exited" => {
+            let status = AgentRpc::wait_process(
+                a,
+                agent::WaitProcessRequest {
+                    container_id: "box".into(),
+                    exec_id: id.clone(),
+                    ..Default::default()
+                },
+                CallOpts::default(),
+            )
+            .await
+            .expect("wait");
+            assert_eq!(status.status, 0);
         }
         "read_stdout_32k" => {
             let d = Agent::read_process_stdout(a, "yes".into(), "yes".into(), 32 * 1024)
@@ -251,53 +311,38 @@ async fn call<A: Agent + AgentRpc>(a: &A, name: &str, n: u64, source: &std::path
         )
         .await
         .expect("copy"),
-        "create_remove_container" => {
-            let cid = format!("c{n}");
-            Agent::create_container(a, spec(&cid, &["true"], None))
-                .await
-                .expect("create");
-            Agent::stop_container(a, cid).await.expect("remove");
-        }
-        "exec_wait_exited" => {
-            let eid = format!("e{n}");
-            let process = spec("box", &["true"], None).OCI.unwrap().Process;
-            Agent::exec(
-                a,
-                agent::ExecProcessRequest {
-                    container_id: "box".into(),
-                    exec_id: eid.clone(),
-                    process,
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("exec");
-            let status = AgentRpc::wait_process(
-                a,
-                agent::WaitProcessRequest {
-                    container_id: "box".into(),
-                    exec_id: eid,
-                    ..Default::default()
-                },
-                CallOpts::default(),
-            )
-            .await
-            .expect("wait");
-            assert_eq!(status.status, 0);
-        }
         other => panic!("no call {other}"),
     }
+    let took = t.elapsed();
+    // Untimed cleanup: nothing accumulates from one iteration to the next.
+    match name {
+        "create_container" => Agent::stop_container(a, id).await.expect("remove"),
+        "start_container" => {
+            exited(sim, &id, &id).await;
+            Agent::stop_container(a, id).await.expect("remove");
+        }
+        "exec_process" => {
+            Agent::wait_process(a, "box".into(), id)
+                .await
+                .expect("wait");
+        }
+        _ => {}
+    }
+    took
 }
 
+/// The agent calls benched on every transport.
 const CALLS: &[&str] = &[
     "check",
     "get_guest_details",
+    "create_container",
+    "start_container",
+    "exec_process",
+    "wait_process_exited",
     "read_stdout_32k",
     "write_stdin_32k",
     "get_diagnostic_data_4k",
     "copy_file_1m",
-    "create_remove_container",
-    "exec_wait_exited",
 ];
 
 fn rpcs(c: &mut Criterion) {
@@ -312,11 +357,18 @@ fn rpcs(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("rpc/{transport}"));
         for name in CALLS {
             group.bench_with_input(BenchmarkId::from_parameter(name), name, |b, name| {
-                b.to_async(&rt).iter(|| async {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    match client {
-                        None => call(&s.sim, name, n, &s.source).await,
-                        Some(remote) => call(remote, name, n, &s.source).await,
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (s, counter) = (&s, &counter);
+                    async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let n = counter.fetch_add(1, Ordering::Relaxed);
+                            total += match client {
+                                None => call(&s.sim, &s.sim, name, n, &s.source).await,
+                                Some(remote) => call(remote, &s.sim, name, n, &s.source).await,
+                            };
+                        }
+                        total
                     }
                 })
             });

@@ -30,6 +30,11 @@ fn einval() -> AgentError {
 }
 
 impl Guest {
+    /// The exit status of a process that has exited and not been reaped yet.
+    pub fn exit_status(&self, cid: &str, eid: &str) -> Option<i32> {
+        self.find_process(cid, eid).ok()?.exit_status()
+    }
+
     /// `find_container_process` of the real agent.
     fn find_process(&self, cid: &str, eid: &str) -> Result<Arc<Proc>, LookupError> {
         let st = self.lock();
@@ -89,12 +94,17 @@ impl Guest {
                 ));
             }
         }
+        let mut image_root = None;
         if let Some(root) = spec.Root.as_ref().filter(|r| !r.Path.is_empty()) {
             // Nothing is pulled or mounted: a missing rootfs is presented as an empty busybox
             // image (its directories), so that one-liners writing to /tmp work as on a guest.
-            self.fs
+            if self
+                .fs
                 .create_tree(&root.Path, IMAGE_SKELETON)
-                .map_err(io_internal)?;
+                .map_err(io_internal)?
+            {
+                image_root = Some(root.Path.clone());
+            }
         }
         let mut st = self.lock();
         let pid = Guest::alloc_pid(&mut st);
@@ -115,6 +125,7 @@ impl Guest {
                 init_pid: pid,
                 processes,
                 resources: None,
+                image_root,
             },
         );
         let _ = seq;
@@ -274,6 +285,12 @@ impl Guest {
             .ok_or_else(invalid_container_internal)?;
         for p in removed.processes.values() {
             p.signal(SIGKILL);
+        }
+        if let Some(root) = removed.image_root {
+            // The real agent logs a storage it fails to remove and goes on.
+            if let Err(e) = self.fs.discard(&root) {
+                tracing::warn!(container = %req.container_id, error = %e, "removing its image root");
+            }
         }
         Ok(Empty::new())
     }

@@ -18,19 +18,30 @@ const MAX_SYMLINKS: usize = 40;
 pub struct GuestFs {
     root: PathBuf,
     owned: Option<tempfile::TempDir>,
+    /// Where discarded trees wait for deletion: a directory next to the root (same
+    /// filesystem, so a tree moves there with one rename), made on first use.
+    trash: std::sync::OnceLock<Option<tempfile::TempDir>>,
+    discarded: std::sync::atomic::AtomicU64,
+}
+
+/// Runs `f` (a deletion nobody waits for) on the current tokio runtime's blocking pool, or
+/// here when there is no runtime. A runtime finishes its blocking work before it shuts down.
+fn later(f: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(f)),
+        Err(_) => f(),
+    }
 }
 
 impl Drop for GuestFs {
-    /// A guest root of its own is deleted when the guest goes (its VM stopped). Nobody waits
-    /// for that: inside a tokio runtime the files are removed on its blocking pool, so that a
-    /// StopVM answers without first deleting some twenty directories (the runtime finishes
-    /// the removal before it shuts down); elsewhere they are removed here.
+    /// A guest root of its own is deleted when the guest goes (its VM stopped), and so is the
+    /// trash. Nobody waits for that: inside a tokio runtime the files are removed on its
+    /// blocking pool, so that a StopVM answers without first deleting some twenty directories.
     fn drop(&mut self) {
-        if let Some(dir) = self.owned.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(move || drop(dir))),
-                Err(_) => drop(dir),
-            }
+        let owned = self.owned.take();
+        let trash = self.trash.take().flatten();
+        if owned.is_some() || trash.is_some() {
+            later(move || drop((owned, trash)));
         }
     }
 }
@@ -58,13 +69,20 @@ impl GuestFs {
         Ok(GuestFs {
             root: dir.path().to_path_buf(),
             owned: Some(dir),
+            trash: std::sync::OnceLock::new(),
+            discarded: Default::default(),
         })
     }
 
     /// A guest root in an existing directory, which is left in place.
     pub fn at(root: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(&root)?;
-        Ok(GuestFs { root, owned: None })
+        Ok(GuestFs {
+            root,
+            owned: None,
+            trash: std::sync::OnceLock::new(),
+            discarded: Default::default(),
+        })
     }
 
     /// The host directory that is the guest's `/`.
@@ -141,6 +159,44 @@ impl GuestFs {
         self.resolve(guest_path)
             .map(|p| p.exists())
             .unwrap_or(false)
+    }
+
+    /// Takes a guest directory tree out of the guest (it is gone from the guest when this
+    /// returns) and deletes its files later, off the caller's path; as [`GuestFs::remove_all`]
+    /// where it cannot be moved aside. The guest's `/` itself is never discarded.
+    pub fn discard(&self, guest_path: &str) -> io::Result<()> {
+        let p = self.resolve(guest_path).map_err(into_io)?;
+        if p == self.root {
+            return Err(io::Error::other("the guest root cannot be discarded"));
+        }
+        let trash = self.trash.get_or_init(|| {
+            let parent = self.root.parent()?;
+            tempfile::Builder::new()
+                .prefix("kata-sim-trash-")
+                .tempdir_in(parent)
+                .ok()
+        });
+        if let Some(trash) = trash {
+            let n = self
+                .discarded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dest = trash.path().join(n.to_string());
+            match std::fs::rename(&p, &dest) {
+                Ok(()) => {
+                    later(move || {
+                        let _ = std::fs::remove_dir_all(dest);
+                    });
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                // Not a directory, another filesystem: remove it in place.
+                Err(_) => {}
+            }
+        }
+        match std::fs::remove_dir_all(&p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
 
     /// Removes a guest directory tree, if present.
@@ -315,6 +371,40 @@ mod tests {
             kept.path().join("g").is_dir(),
             "a root it was given is left in place"
         );
+    }
+
+    #[test]
+    fn a_discarded_tree_leaves_the_guest_at_once_and_the_disk_by_the_end() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (root, trash) = rt.block_on(async {
+            let fs = GuestFs::temp().unwrap();
+            assert!(fs.create_tree("/c/rootfs", &["tmp", "usr/bin"]).unwrap());
+            fs.write("/c/rootfs/tmp/f", b"x").unwrap();
+            fs.discard("/c/rootfs").unwrap();
+            assert!(
+                !fs.exists("/c/rootfs"),
+                "gone from the guest when discard returns"
+            );
+            assert!(fs.exists("/c"), "only the tree itself goes");
+            fs.discard("/c/rootfs").unwrap();
+            assert!(fs.discard("/").is_err(), "never the guest's /");
+            assert!(fs.exists("/c"));
+            let trash = fs
+                .trash
+                .get()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .path()
+                .to_path_buf();
+            assert_eq!(trash.parent(), fs.root().parent(), "next to the root");
+            (fs.root().to_path_buf(), trash)
+        });
+        drop(rt);
+        assert!(!root.exists());
+        assert!(!trash.exists(), "the trash goes with its guest");
     }
 
     #[test]

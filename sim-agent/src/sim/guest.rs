@@ -113,6 +113,9 @@ pub(crate) struct Container {
     pub init_pid: u32,
     pub processes: BTreeMap<String, Arc<Proc>>,
     pub resources: Option<oci::LinuxResources>,
+    /// The guest path of the image root the model made for it (no rootfs was there): it goes
+    /// when the container does, as the real agent unmounts a container's storages.
+    pub image_root: Option<String>,
 }
 
 #[derive(Debug, Default)]

@@ -224,6 +224,13 @@ impl SimAgent {
         self.inner.guest.container_ids()
     }
 
+    /// The exit status of a process (exec id `""` for the container's init) that has exited
+    /// and that no WaitProcess has reaped yet; `None` while it runs or if there is no such
+    /// process. Looking does not reap it.
+    pub fn exit_status(&self, container_id: &str, exec_id: &str) -> Option<i32> {
+        self.inner.guest.exit_status(container_id, exec_id)
+    }
+
     /// Whether `DestroySandbox` ended the agent's service.
     pub fn is_terminated(&self) -> bool {
         self.inner.guest.is_terminated()

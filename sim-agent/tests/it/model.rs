@@ -331,3 +331,72 @@ async fn a_killed_guest_fails_pending_calls_and_a_paused_one_holds_them() {
     assert_eq!(sim.check().await, Err(AgentError::ConnectionClosed));
     assert!(sim.is_dead());
 }
+
+#[tokio::test]
+async fn exit_status_shows_an_exited_process_without_reaping_it() {
+    let sim = SimAgent::new().unwrap();
+    Agent::create_container(&sim, create_req("c1", &["sh", "-c", "exit 3"]))
+        .await
+        .unwrap();
+    assert_eq!(sim.exit_status("c1", "c1"), None, "created, not started");
+    Agent::start_container(&sim, "c1".into()).await.unwrap();
+    bounded(async {
+        while sim.exit_status("c1", "c1").is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        sim.exit_status("c1", ""),
+        Some(3),
+        "the init process, by \"\""
+    );
+    assert_eq!(
+        Agent::wait_process(&sim, "c1".into(), "c1".into())
+            .await
+            .unwrap(),
+        3,
+        "looking did not reap it"
+    );
+    assert_eq!(sim.exit_status("nope", "c1"), None);
+}
+
+#[tokio::test]
+async fn a_containers_made_up_image_root_goes_with_it_and_a_real_one_stays() {
+    let sim = SimAgent::new().unwrap();
+    let made = "/run/kata-containers/shared/containers/c1/rootfs";
+    let given = "/run/kata-containers/shared/containers/c2/rootfs";
+    // The host put c2's rootfs there (as a copy or a mount would); c1 has none.
+    sim.write_guest_file(&format!("{given}/etc/hostname"), b"c2\n")
+        .unwrap();
+    for cid in ["c1", "c2"] {
+        Agent::create_container(&sim, create_req(cid, &["true"]))
+            .await
+            .unwrap();
+    }
+    assert!(
+        sim.guest_root()
+            .join(made.trim_start_matches('/'))
+            .join("tmp")
+            .is_dir()
+    );
+    assert!(
+        !sim.guest_root()
+            .join(given.trim_start_matches('/'))
+            .join("tmp")
+            .exists()
+    );
+    for cid in ["c1", "c2"] {
+        Agent::stop_container(&sim, cid.into()).await.unwrap();
+    }
+    assert!(
+        !sim.guest_root().join(made.trim_start_matches('/')).exists(),
+        "the image the model made for c1 is unmounted with it"
+    );
+    assert_eq!(
+        sim.read_guest_file(&format!("{given}/etc/hostname"))
+            .unwrap(),
+        b"c2\n",
+        "what the host put there stays"
+    );
+}
