@@ -38,22 +38,57 @@ impl TraceEvent {
     }
 }
 
-/// A shared, append-only trace.
+/// A shared, append-only trace. A bounded one ([`Trace::bounded`]) keeps only the most recent
+/// calls, so that a server that runs for hours does not grow with every call it answers.
 #[derive(Debug, Clone, Default)]
 pub struct Trace {
-    events: Arc<Mutex<Vec<TraceEvent>>>,
+    log: Arc<Mutex<Log>>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// The sequence number of `events[0]`.
+    first: u64,
+    events: std::collections::VecDeque<TraceEvent>,
+    limit: Option<usize>,
+}
+
+impl Log {
+    fn get_mut(&mut self, seq: u64) -> Option<&mut TraceEvent> {
+        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        self.events.get_mut(i)
+    }
 }
 
 impl Trace {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<TraceEvent>> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    /// A trace that keeps the most recent `limit` calls (at least one).
+    pub fn bounded(limit: usize) -> Self {
+        Trace {
+            log: Arc::new(Mutex::new(Log {
+                limit: Some(limit.max(1)),
+                ..Log::default()
+            })),
+        }
+    }
+
+    /// A trace that keeps everything (`None`) or the most recent `limit` calls.
+    pub fn with_limit(limit: Option<usize>) -> Self {
+        limit.map_or_else(Trace::default, Trace::bounded)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records the arrival of a call; returns its sequence number.
     pub fn begin(&self, method: &str, conn: Option<u64>, fields: &[(&'static str, String)]) -> u64 {
-        let mut events = self.lock();
-        let seq = events.len() as u64;
-        events.push(TraceEvent {
+        let mut log = self.lock();
+        let seq = log.first + log.events.len() as u64;
+        if log.limit.is_some_and(|l| log.events.len() >= l) {
+            log.events.pop_front();
+            log.first += 1;
+        }
+        log.events.push_back(TraceEvent {
             seq,
             conn,
             method: method.to_string(),
@@ -71,7 +106,7 @@ impl Trace {
 
     /// Records how call `seq` answered.
     pub fn end(&self, seq: u64, status: &str, message: &str) {
-        if let Some(e) = self.lock().get_mut(seq as usize) {
+        if let Some(e) = self.lock().get_mut(seq) {
             e.status = status.to_string();
             e.message = message.to_string();
         }
@@ -79,40 +114,81 @@ impl Trace {
 
     /// Records that a fault fired on call `seq`.
     pub fn fault(&self, seq: u64, fault: String) {
-        if let Some(e) = self.lock().get_mut(seq as usize) {
+        if let Some(e) = self.lock().get_mut(seq) {
             e.fault = Some(fault);
         }
     }
 
     /// Attaches a note to call `seq`.
     pub fn note(&self, seq: u64, note: String) {
-        if let Some(e) = self.lock().get_mut(seq as usize) {
+        if let Some(e) = self.lock().get_mut(seq) {
             e.note = Some(note);
         }
     }
 
-    /// A copy of every event so far.
+    /// A copy of every event kept.
     pub fn events(&self) -> Vec<TraceEvent> {
-        self.lock().clone()
+        self.lock().events.iter().cloned().collect()
     }
 
-    /// How many calls were recorded.
+    /// How many calls are kept.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().events.len()
     }
 
-    /// Whether nothing was recorded.
+    /// Whether nothing is kept.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().events.is_empty()
     }
 
-    /// The method names so far, in arrival order.
+    /// The method names kept, in arrival order.
     pub fn methods(&self) -> Vec<String> {
-        self.lock().iter().map(|e| e.method.clone()).collect()
+        self.lock()
+            .events
+            .iter()
+            .map(|e| e.method.clone())
+            .collect()
     }
 
-    /// Forgets every event.
+    /// Forgets every event (sequence numbers go on).
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut log = self.lock();
+        log.first += log.events.len() as u64;
+        log.events.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_trace_keeps_the_most_recent_calls_and_their_numbers() {
+        let t = Trace::bounded(3);
+        for m in ["A", "B", "C", "D", "E"] {
+            t.begin(m, None, &[]);
+        }
+        assert_eq!(t.methods(), ["C", "D", "E"]);
+        assert_eq!(
+            t.events().iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [2, 3, 4],
+            "sequence numbers keep counting every call"
+        );
+        t.end(0, "OK", ""); // dropped already: nothing to update
+        t.end(4, "NOT_FOUND", "gone");
+        let last = t.events().pop().unwrap();
+        assert_eq!(
+            (last.status.as_str(), last.message.as_str()),
+            ("NOT_FOUND", "gone")
+        );
+        t.clear();
+        assert!(t.is_empty());
+        assert_eq!(t.begin("F", None, &[]), 5);
+        assert_eq!(Trace::default().begin("x", None, &[]), 0);
+        let unbounded = Trace::with_limit(None);
+        for _ in 0..100 {
+            unbounded.begin("x", None, &[]);
+        }
+        assert_eq!(unbounded.len(), 100);
     }
 }

@@ -63,6 +63,8 @@ pub struct SimVmConfig {
     pub vsock_cid: u32,
     /// The trace that records every operation (a new one when `None`).
     pub trace: Option<Trace>,
+    /// How many of the most recent operations a new trace keeps (`None`: all of them).
+    pub trace_limit: Option<usize>,
     /// Fault rules for this VM's operations and its guest's RPCs (scoped by `sandbox=ID`).
     pub faults: Option<Arc<dyn FaultHook>>,
 }
@@ -77,6 +79,7 @@ impl Default for SimVmConfig {
             capabilities: Capabilities::QEMU,
             vsock_cid: 3,
             trace: None,
+            trace_limit: None,
             faults: None,
         }
     }
@@ -131,7 +134,10 @@ fn io_err(e: std::io::Error) -> HypervisorError {
 impl SimHypervisor {
     /// A VMM with no VM yet.
     pub fn new(settings: SimVmConfig) -> Self {
-        let trace = settings.trace.clone().unwrap_or_default();
+        let trace = settings
+            .trace
+            .clone()
+            .unwrap_or_else(|| Trace::with_limit(settings.trace_limit));
         SimHypervisor {
             inner: Arc::new(Inner {
                 settings,

@@ -419,7 +419,7 @@ What the profile found and what was fixed (2.31 ms per pod before, the table's f
 - `kata-sim serve` kept every VM's trace in one fleet-wide trace forever, and StopVM copied \
 it whole for a log line: a pod cost ~0.9 µs more for every pod served before it (1.2 ms \
 around pod 500, 4.5 ms around pod 4,000; criterion's 2.31 ms was such an average) and memory \
-grew without bound. A fleet now keeps each VM's record until its \
+grew without bound. A fleet now keeps each VM's record (its last 10,000 calls) until its \
 StopVM; only the exec driver, which reads the record after its run, asks for the fleet-wide \
 one.\n\
 - Guest path resolution `lstat`ed every component from the root for every path, and a \

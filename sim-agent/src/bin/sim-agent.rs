@@ -67,6 +67,8 @@ async fn main() -> anyhow::Result<()> {
             config.guest_root = guest_root;
             config.policy_enabled = policy;
             config.seed = seed;
+            // The agent serves until it is stopped: its trace keeps the most recent calls only.
+            config.trace = Some(sim_agent::Trace::bounded(10_000));
             let agent = SimAgent::with_config(config).context("creating the guest root")?;
             let engine = FaultEngine::new(seed);
             for rule in &faults {
