@@ -115,21 +115,7 @@ async fn a_hang_whose_client_disconnects_leaves_no_task_behind() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let baseline = metrics.num_alive_tasks();
     let mut raw = RawClient::connect(&srv.path).await;
-    let req = agent::WaitProcessRequest {
-        container_id: "c1".into(),
-        exec_id: "c1".into(),
-        ..Default::default()
-    };
-    use protobuf::Message as _;
-    raw.send_request(
-        1,
-        "grpc.AgentService",
-        "WaitProcess",
-        req.write_to_bytes().unwrap(),
-        0,
-        &[],
-    )
-    .await;
+    raw.send_wait_process(1, "c1", "c1").await;
     // The call is in the guest, hanging.
     let agent = srv.server.agent().clone();
     bounded(async {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use protobuf::Message;
 use sim_agent::protocols::{agent, oci};
-use sim_agent::{AgentServer, SimAgent};
+use sim_agent::{Agent, AgentServer, RemoteAgent, SimAgent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -28,6 +28,16 @@ impl TestServer {
             server,
             path,
         }
+    }
+
+    /// A client on the unix socket, with container `cid` created and started running `args`.
+    pub async fn client_running(&self, cid: &str, args: &[&str]) -> RemoteAgent {
+        let a = RemoteAgent::connect(&self.url("unix")).await.unwrap();
+        Agent::create_container(&a, create_req(cid, args))
+            .await
+            .unwrap();
+        Agent::start_container(&a, cid.into()).await.unwrap();
+        a
     }
 
     pub fn url(&self, scheme: &str) -> String {
@@ -96,6 +106,24 @@ impl RawClient {
         }
         self.send_frame(stream_id, 1, &req.write_to_bytes().unwrap())
             .await;
+    }
+
+    /// Sends a WaitProcess for `cid`/`eid` with no deadline (its answer is read later).
+    pub async fn send_wait_process(&mut self, stream_id: u32, cid: &str, eid: &str) {
+        let req = agent::WaitProcessRequest {
+            container_id: cid.into(),
+            exec_id: eid.into(),
+            ..Default::default()
+        };
+        self.send_request(
+            stream_id,
+            "grpc.AgentService",
+            "WaitProcess",
+            req.write_to_bytes().unwrap(),
+            0,
+            &[],
+        )
+        .await;
     }
 
     /// Sends an empty request with no deadline and reads the next answer, which must come

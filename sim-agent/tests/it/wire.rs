@@ -444,11 +444,7 @@ async fn bad_frames_get_ttrpc_answers_and_spare_other_connections() {
 async fn concurrent_blocking_calls_share_one_connection() {
     let sim = SimAgent::new().unwrap();
     let srv = TestServer::start(sim.clone(), "unix").await;
-    let a = RemoteAgent::connect(&srv.url("unix")).await.unwrap();
-    Agent::create_container(&a, create_req("c1", &["cat"]))
-        .await
-        .unwrap();
-    Agent::start_container(&a, "c1".into()).await.unwrap();
+    let a = srv.client_running("c1", &["cat"]).await;
     let read = Agent::read_process_stdout(&a, "c1".into(), "c1".into(), 100);
     let wait1 = Agent::wait_process(&a, "c1".into(), "c1".into());
     let wait2 = Agent::wait_process(&a, "c1".into(), "c1".into());
@@ -482,26 +478,9 @@ async fn a_frame_split_around_another_answer_is_read_whole() {
     // half already read must not be lost (the frame reader is cancel safe).
     let sim = SimAgent::new().unwrap();
     let srv = TestServer::start(sim.clone(), "unix").await;
-    let a = RemoteAgent::connect(&srv.url("unix")).await.unwrap();
-    Agent::create_container(&a, create_req("c1", &["cat"]))
-        .await
-        .unwrap();
-    Agent::start_container(&a, "c1".into()).await.unwrap();
+    let a = srv.client_running("c1", &["cat"]).await;
     let mut raw = RawClient::connect(&srv.path).await;
-    let wait = agent::WaitProcessRequest {
-        container_id: "c1".into(),
-        exec_id: "c1".into(),
-        ..Default::default()
-    };
-    raw.send_request(
-        1,
-        "grpc.AgentService",
-        "WaitProcess",
-        wait.write_to_bytes().unwrap(),
-        0,
-        &[],
-    )
-    .await;
+    raw.send_wait_process(1, "c1", "c1").await;
     // The server has taken WaitProcess (it is traced) before the half frame goes out.
     bounded(async {
         while !sim.trace().methods().iter().any(|m| m == "WaitProcess") {
