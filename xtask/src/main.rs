@@ -404,7 +404,9 @@ RemoveContainer, DestroySandbox, StopVM), so the wire alone is 15 Checks (the `i
 trips` row) and nothing would be left for the VM and its guest. The in-process column is that \
 work without any wire: a guest root with the container's image skeleton (about 25 \
 directories on tmpfs), an agent server bound on its own socket, the termination-log file \
-copied in, read back and removed. Over the wire a step costs its in-process work plus about \
+copied in, read back and removed, and at RemoveContainer the container's image root moved out \
+of the guest (one rename; its files are deleted on the blocking pool), as the real agent \
+unmounts a container's storages. Over the wire a step costs its in-process work plus about \
 one Check per round trip; the first call on a new connection also pays for the accept. \
 (StartContainer and WaitProcess share the process's run: over the wire the container's shell \
 runs while StartContainer answers, in-process while WaitProcess waits.) \
