@@ -8,10 +8,6 @@ use sim_agent::fault::FaultEngine;
 use sim_agent::{AgentVersion, SimConfig};
 use sim_hypervisor::{Fleet, FleetConfig, HypervisorError, RemoteHypervisorServer, SimVmConfig};
 
-/// How many of its most recent operations and calls each VM of `kata-sim serve` keeps in its
-/// trace: a VM that lives for hours (a runtime polling ReadStdout) does not grow with it.
-pub const TRACE_LIMIT: usize = 10_000;
-
 /// What `kata-sim serve` runs with.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -49,7 +45,8 @@ pub async fn start(opts: &ServeOptions) -> sim_hypervisor::Result<RemoteHypervis
     config.vm = SimVmConfig {
         boot_time: opts.boot_time,
         agent,
-        trace_limit: Some(TRACE_LIMIT),
+        // A VM can live for hours (a runtime polling ReadStdout): keep its recent calls only.
+        trace_limit: Some(sim_agent::trace::SERVER_TRACE_LIMIT),
         ..Default::default()
     };
     config.faults = FaultEngine::new(opts.seed);

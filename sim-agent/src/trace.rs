@@ -38,6 +38,10 @@ impl TraceEvent {
     }
 }
 
+/// How many of the most recent calls the long-running servers (`sim-agent serve`, each VM of
+/// `kata-sim serve`) keep in a trace: one that serves for hours does not grow with it.
+pub const SERVER_TRACE_LIMIT: usize = 10_000;
+
 /// A shared, append-only trace. A bounded one ([`Trace::bounded`]) keeps only the most recent
 /// calls, so that a server that runs for hours does not grow with every call it answers.
 #[derive(Debug, Clone, Default)]

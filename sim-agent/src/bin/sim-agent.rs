@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sim_agent::fault::FaultEngine;
+use sim_agent::trace::SERVER_TRACE_LIMIT;
 use sim_agent::{AgentServer, AgentVersion, SimAgent, SimConfig};
 
 /// A stateful fake of the Kata Containers guest agent.
@@ -68,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
             config.policy_enabled = policy;
             config.seed = seed;
             // The agent serves until it is stopped: its trace keeps the most recent calls only.
-            config.trace = Some(sim_agent::Trace::bounded(10_000));
+            config.trace = Some(sim_agent::Trace::bounded(SERVER_TRACE_LIMIT));
             let agent = SimAgent::with_config(config).context("creating the guest root")?;
             let engine = FaultEngine::new(seed);
             for rule in &faults {
