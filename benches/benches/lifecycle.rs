@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use sim_agent::protocols::{agent, oci};
+use sim_agent::protocols::agent;
+use sim_agent::requests;
 use sim_agent::{Agent, RemoteAgent, SimConfig};
 use sim_hypervisor::{
     Fleet, FleetConfig, Hypervisor, HypervisorConfig, Network, RemoteHypervisor,
@@ -34,43 +35,10 @@ fn runtime() -> tokio::runtime::Runtime {
 const TERM: &str = "/run/kata-containers/shared/containers/c1-termination-log";
 
 fn container() -> agent::CreateContainerRequest {
-    let process = oci::Process {
-        Args: ["sh", "-c", "echo done > /dev/termination-log"]
-            .map(String::from)
-            .to_vec(),
-        Cwd: "/".into(),
-        Capabilities: Some(oci::LinuxCapabilities::default()).into(),
-        ..Default::default()
-    };
-    agent::CreateContainerRequest {
-        container_id: "c1".into(),
-        exec_id: "c1".into(),
-        OCI: Some(oci::Spec {
-            Version: "1.1.0".into(),
-            Process: Some(process).into(),
-            Root: Some(oci::Root {
-                Path: "/run/kata-containers/shared/containers/c1/rootfs".into(),
-                ..Default::default()
-            })
-            .into(),
-            Mounts: vec![oci::Mount {
-                destination: "/dev/termination-log".into(),
-                source: TERM.into(),
-                type_: "bind".into(),
-                options: vec!["rbind".into()],
-                ..Default::default()
-            }],
-            Annotations: [(
-                "io.kubernetes.container.terminationMessagePath".to_string(),
-                "/dev/termination-log".to_string(),
-            )]
-            .into_iter()
-            .collect(),
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    }
+    requests::with_termination_log(
+        requests::create_container("c1", &["sh", "-c", "echo done > /dev/termination-log"]),
+        TERM,
+    )
 }
 
 /// The agent half of a pod, on any client. `lap` is called after each step with its name.

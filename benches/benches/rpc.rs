@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use sim_agent::protocols::{agent, health, health_ttrpc, oci};
+use sim_agent::protocols::{agent, health, health_ttrpc};
+use sim_agent::requests;
 use sim_agent::{Agent, AgentRpc, AgentServer, CallOpts, RemoteAgent, SimAgent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -120,58 +121,12 @@ struct Setup {
     source: std::path::PathBuf,
 }
 
+/// The Go shim's CreateContainer for `args`, with a termination-log mount from `term`.
 fn spec(cid: &str, args: &[&str], term: Option<&str>) -> agent::CreateContainerRequest {
-    let caps = ["CAP_CHOWN", "CAP_KILL"].map(String::from).to_vec();
-    let mut mounts = vec![oci::Mount {
-        destination: "/proc".into(),
-        source: "proc".into(),
-        type_: "proc".into(),
-        ..Default::default()
-    }];
-    let mut annotations = Vec::new();
-    if let Some(t) = term {
-        mounts.push(oci::Mount {
-            destination: "/dev/termination-log".into(),
-            source: t.into(),
-            type_: "bind".into(),
-            options: vec!["rbind".into(), "rw".into()],
-            ..Default::default()
-        });
-        annotations.push((
-            "io.kubernetes.container.terminationMessagePath".to_string(),
-            "/dev/termination-log".to_string(),
-        ));
-    }
-    let process = oci::Process {
-        Args: args.iter().map(|s| s.to_string()).collect(),
-        Env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-        Cwd: "/".into(),
-        Capabilities: Some(oci::LinuxCapabilities {
-            Bounding: caps.clone(),
-            Effective: caps.clone(),
-            Permitted: caps,
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    };
-    agent::CreateContainerRequest {
-        container_id: cid.into(),
-        exec_id: cid.into(),
-        OCI: Some(oci::Spec {
-            Version: "1.1.0".into(),
-            Process: Some(process).into(),
-            Root: Some(oci::Root {
-                Path: format!("/run/kata-containers/shared/containers/{cid}/rootfs"),
-                ..Default::default()
-            })
-            .into(),
-            Mounts: mounts,
-            Annotations: annotations.into_iter().collect(),
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
+    let req = requests::create_container(cid, args);
+    match term {
+        Some(t) => requests::with_termination_log(req, t),
+        None => req,
     }
 }
 

@@ -31,6 +31,18 @@ fn follow_log(child: &mut std::process::Child) -> std::thread::JoinHandle<String
     reader
 }
 
+/// Sends `signal` to the child and waits for it to exit; returns its status and whole log.
+async fn stop(
+    mut child: std::process::Child,
+    log: std::thread::JoinHandle<String>,
+    signal: nix::sys::signal::Signal,
+) -> (std::process::ExitStatus, String) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    tokio::task::spawn_blocking(move || (child.wait().unwrap(), log.join().unwrap()))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn serve_runs_pods_and_cleans_up_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,15 +85,7 @@ async fn serve_runs_pods_and_cleans_up_on_ctrl_c() {
     hv.stop_vm(false).await.unwrap();
     assert!(!Path::new(&agent_path).exists());
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let (status, log) =
-        tokio::task::spawn_blocking(move || (child.wait().unwrap(), log.join().unwrap()))
-            .await
-            .unwrap();
+    let (status, log) = stop(child, log, nix::sys::signal::Signal::SIGINT).await;
     assert!(status.success(), "{log}");
     assert!(
         log.contains("VM created") && log.contains("VM stopped"),
@@ -198,15 +202,7 @@ async fn faults_are_installed_at_start_and_flipped_through_the_control_socket() 
     let (_, fired, _) = fault(&["fired"]);
     assert_eq!(fired.lines().count(), 2, "{fired}");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let (status, log) =
-        tokio::task::spawn_blocking(move || (child.wait().unwrap(), log.join().unwrap()))
-            .await
-            .unwrap();
+    let (status, log) = stop(child, log, nix::sys::signal::Signal::SIGTERM).await;
     assert!(status.success(), "{log}");
     assert!(log.contains("seed=5"), "{log}");
     assert!(!control.exists() && !socket.exists());

@@ -34,6 +34,7 @@ pub mod client;
 pub mod error;
 pub mod fault;
 pub mod profile;
+pub mod requests;
 pub mod rpc;
 pub mod server;
 pub mod sim;

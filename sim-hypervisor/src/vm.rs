@@ -399,6 +399,34 @@ impl SimHypervisor {
         m.config.memory_size_mb + m.memory.iter().map(|d| d.size_mb as u32).sum::<u32>()
     }
 
+    /// Plugs a named device (cold or hot); returns its PCI path if it sits on the bus.
+    fn plug(
+        m: &mut Model,
+        id: String,
+        kind: DeviceType,
+        hotplugged: bool,
+    ) -> Result<Option<String>> {
+        if m.devices.contains_key(&id) {
+            return Err(HypervisorError::Invalid(format!(
+                "device {id:?} is already plugged"
+            )));
+        }
+        let pci_path = if kind.is_pci() {
+            Some(Self::pci_slot(m, &id, hotplugged)?)
+        } else {
+            None
+        };
+        m.devices.insert(
+            id,
+            PluggedDevice {
+                kind,
+                pci_path: pci_path.clone(),
+                hotplugged,
+            },
+        );
+        Ok(pci_path)
+    }
+
     /// A free PCI slot: the device's old one if free, else the lowest free one.
     fn pci_slot(m: &mut Model, id: &str, hotplug: bool) -> Result<String> {
         let used: Vec<u32> = m
@@ -648,25 +676,7 @@ impl Hypervisor for SimHypervisor {
                     "{kind:?} devices are hot-plugged, not cold-plugged"
                 )));
             };
-            if m.devices.contains_key(&id) {
-                return Err(HypervisorError::Invalid(format!(
-                    "device {id:?} is already plugged"
-                )));
-            }
-            let pci_path = if kind.is_pci() {
-                Some(Self::pci_slot(&mut m, &id, false)?)
-            } else {
-                None
-            };
-            m.devices.insert(
-                id,
-                PluggedDevice {
-                    kind,
-                    pci_path,
-                    hotplugged: false,
-                },
-            );
-            Ok(())
+            Self::plug(&mut m, id, kind, false).map(drop)
         })();
         self.end(seq, &r);
         r
@@ -691,31 +701,10 @@ impl Hypervisor for SimHypervisor {
                     let dev = Self::hotplug_memory(&mut m, dev)?;
                     Ok(HotplugResult::MemoryMb(dev.size_mb))
                 }
-                (Device::Named { id }, kind) => {
-                    if m.devices.contains_key(&id) {
-                        return Err(HypervisorError::Invalid(format!(
-                            "device {id:?} is already plugged"
-                        )));
-                    }
-                    let pci_path = if kind.is_pci() {
-                        Some(Self::pci_slot(&mut m, &id, true)?)
-                    } else {
-                        None
-                    };
-                    m.devices.insert(
-                        id,
-                        PluggedDevice {
-                            kind,
-                            pci_path: pci_path.clone(),
-                            hotplugged: true,
-                        },
-                    );
-                    Ok(
-                        pci_path.map_or(HotplugResult::None, |pci_path| HotplugResult::Pci {
-                            pci_path,
-                        }),
-                    )
-                }
+                (Device::Named { id }, kind) => Ok(Self::plug(&mut m, id, kind, true)?
+                    .map_or(HotplugResult::None, |pci_path| HotplugResult::Pci {
+                        pci_path,
+                    })),
                 (d, k) => Err(HypervisorError::Invalid(format!(
                     "device {d:?} does not match type {k:?}"
                 ))),

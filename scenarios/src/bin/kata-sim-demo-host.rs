@@ -5,7 +5,7 @@
 //! container's output and exits with its exit code (or 100 when a call fails).
 
 use anyhow::Context as _;
-use sim_agent::protocols::{agent, oci};
+use sim_agent::protocols::agent;
 use sim_agent::{Agent, RemoteAgent};
 use sim_hypervisor::{Hypervisor, HypervisorConfig, Network, RemoteHypervisor};
 
@@ -37,29 +37,9 @@ async fn run() -> anyhow::Result<i32> {
             })
             .await?;
         let cid = "c1".to_string();
-        let process = oci::Process {
-            Args: args,
-            Cwd: "/".into(),
-            Capabilities: Some(oci::LinuxCapabilities::default()).into(),
-            ..Default::default()
-        };
-        let spec = oci::Spec {
-            Version: "1.1.0".into(),
-            Process: Some(process).into(),
-            Root: Some(oci::Root {
-                Path: format!("/run/kata-containers/shared/containers/{cid}/rootfs"),
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         agent
-            .create_container(agent::CreateContainerRequest {
-                container_id: cid.clone(),
-                exec_id: cid.clone(),
-                OCI: Some(spec).into(),
-                ..Default::default()
-            })
+            .create_container(sim_agent::requests::create_container(&cid, &args))
             .await?;
         agent.start_container(cid.clone()).await?;
         loop {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use protobuf::Message;
-use sim_agent::protocols::{agent, oci};
+use sim_agent::protocols::agent;
 use sim_agent::{Agent, AgentServer, RemoteAgent, SimAgent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -157,72 +157,7 @@ impl RawClient {
     }
 }
 
-/// An OCI spec like the Go shim's for `ctr run ... ARGS` (capabilities present, no PATH).
-pub fn spec(cid: &str, args: &[&str]) -> oci::Spec {
-    let caps = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
-        .map(String::from)
-        .to_vec();
-    let capabilities = oci::LinuxCapabilities {
-        Bounding: caps.clone(),
-        Effective: caps.clone(),
-        Permitted: caps,
-        ..Default::default()
-    };
-    let process = oci::Process {
-        Args: args.iter().map(|s| s.to_string()).collect(),
-        Env: vec!["HOSTNAME=vm".into()],
-        Cwd: "/".into(),
-        Capabilities: Some(capabilities).into(),
-        NoNewPrivileges: true,
-        ..Default::default()
-    };
-    oci::Spec {
-        Version: "1.1.0".into(),
-        Process: Some(process).into(),
-        Root: Some(oci::Root {
-            Path: format!("/run/kata-containers/shared/containers/{cid}/rootfs"),
-            ..Default::default()
-        })
-        .into(),
-        Mounts: vec![oci::Mount {
-            destination: "/proc".into(),
-            source: "proc".into(),
-            type_: "proc".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-/// A CreateContainer request for `args`, exec id = container id as the Go shim sends.
-pub fn create_req(cid: &str, args: &[&str]) -> agent::CreateContainerRequest {
-    agent::CreateContainerRequest {
-        container_id: cid.into(),
-        exec_id: cid.into(),
-        OCI: Some(spec(cid, args)).into(),
-        ..Default::default()
-    }
-}
-
-/// Adds a termination-message mount and annotation to a request.
-pub fn with_termination_log(
-    mut req: agent::CreateContainerRequest,
-    source: &str,
-) -> agent::CreateContainerRequest {
-    let spec = req.OCI.as_mut().unwrap();
-    spec.Annotations.insert(
-        "io.kubernetes.container.terminationMessagePath".into(),
-        "/dev/termination-log".into(),
-    );
-    spec.Mounts.push(oci::Mount {
-        destination: "/dev/termination-log".into(),
-        source: source.into(),
-        type_: "bind".into(),
-        options: vec!["rbind".into(), "rw".into()],
-        ..Default::default()
-    });
-    req
-}
+pub use sim_agent::requests::{create_container as create_req, with_termination_log};
 
 /// Bounds a future in tests that must not hang.
 pub async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sim_agent::protocols::{agent, oci};
+use sim_agent::protocols::agent;
 use sim_agent::{Agent, AgentError, RemoteAgent};
 use sim_hypervisor::{
     Fleet, FleetConfig, Hypervisor, HypervisorConfig, HypervisorError, Network, RemoteHypervisor,
@@ -64,28 +64,7 @@ fn go_annotations() -> HypervisorConfig {
 }
 
 fn container(cid: &str, args: &[&str]) -> agent::CreateContainerRequest {
-    let process = oci::Process {
-        Args: args.iter().map(|s| s.to_string()).collect(),
-        Cwd: "/".into(),
-        Capabilities: Some(oci::LinuxCapabilities::default()).into(),
-        ..Default::default()
-    };
-    let spec = oci::Spec {
-        Version: "1.1.0".into(),
-        Process: Some(process).into(),
-        Root: Some(oci::Root {
-            Path: format!("/run/kata-containers/{cid}/rootfs"),
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    };
-    agent::CreateContainerRequest {
-        container_id: cid.into(),
-        exec_id: cid.into(),
-        OCI: Some(spec).into(),
-        ..Default::default()
-    }
+    sim_agent::requests::create_container(cid, args)
 }
 
 #[tokio::test]
