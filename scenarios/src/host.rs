@@ -220,15 +220,7 @@ impl<T: Transport> Host<T> {
         self.sandbox_up = true;
         let req = agent::CreateSandboxRequest {
             hostname: hostname.to_string(),
-            sandbox_id: id.to_string(),
-            storages: vec![agent::Storage {
-                driver: "ephemeral".into(),
-                source: "shm".into(),
-                fstype: "tmpfs".into(),
-                mount_point: "/run/kata-containers/sandbox/shm".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
+            ..sim_agent::requests::create_sandbox(id)
         };
         match self.persona {
             Persona::Go => {

@@ -1,7 +1,23 @@
-//! Realistic requests for tests and benches: a CreateContainer as the Go shim sends it for
-//! `ctr run ... ARGS`, and the termination-log mount Kubernetes adds.
+//! Realistic requests for tests, benches and the built-in host: a CreateSandbox and a
+//! CreateContainer as the Go shim sends them for `ctr run ... ARGS`, and the termination-log
+//! mount Kubernetes adds.
 
 use crate::protocols::{agent, oci};
+
+/// A CreateSandbox as the runtimes send it: the sandbox's `/dev/shm` as an ephemeral storage.
+pub fn create_sandbox(sandbox_id: &str) -> agent::CreateSandboxRequest {
+    agent::CreateSandboxRequest {
+        sandbox_id: sandbox_id.into(),
+        storages: vec![agent::Storage {
+            driver: "ephemeral".into(),
+            source: "shm".into(),
+            fstype: "tmpfs".into(),
+            mount_point: "/run/kata-containers/sandbox/shm".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
 
 /// Where the runtimes put a container's rootfs in the guest.
 pub fn rootfs_path(container_id: &str) -> String {

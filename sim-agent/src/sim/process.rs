@@ -39,6 +39,17 @@ struct Inner {
     reaction: SignalReaction,
 }
 
+impl Inner {
+    /// The buffer a stream's output goes to: a terminal merges both streams into one.
+    fn output(&mut self, tty: bool, stream: Stream) -> &mut VecDeque<u8> {
+        if tty || stream == Stream::Stdout {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        }
+    }
+}
+
 /// One guest process.
 #[derive(Debug)]
 pub struct Proc {
@@ -187,12 +198,7 @@ impl Proc {
         if matches!(inner.status, ProcStatus::Exited(_)) {
             return;
         }
-        // A terminal merges both streams.
-        let target = if self.tty || stream == Stream::Stdout {
-            &mut inner.stdout
-        } else {
-            &mut inner.stderr
-        };
+        let target = inner.output(self.tty, stream);
         target.extend(data);
         drop(inner);
         self.changed.notify_waiters();
@@ -210,11 +216,7 @@ impl Proc {
                 if matches!(inner.status, ProcStatus::Exited(_)) {
                     return;
                 }
-                let target = if self.tty || stream == Stream::Stdout {
-                    &mut inner.stdout
-                } else {
-                    &mut inner.stderr
-                };
+                let target = inner.output(self.tty, stream);
                 let room = capacity.saturating_sub(target.len());
                 if room > 0 {
                     let n = room.min(data.len());
@@ -239,11 +241,7 @@ impl Proc {
             {
                 let mut inner = self.lock();
                 let exited = matches!(inner.status, ProcStatus::Exited(_));
-                let buf = if self.tty || stream == Stream::Stdout {
-                    &mut inner.stdout
-                } else {
-                    &mut inner.stderr
-                };
+                let buf = inner.output(self.tty, stream);
                 if !buf.is_empty() {
                     let n = len.min(buf.len());
                     let data: Vec<u8> = buf.drain(..n).collect();

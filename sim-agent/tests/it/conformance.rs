@@ -52,17 +52,7 @@ async fn suite<A: AgentRpc + ?Sized>(a: &A) -> Vec<String> {
         (v.agent_version.as_str(), v.grpc_version.as_str()),
         ("4.1.0", "0.0.1")
     );
-    let sandbox = agent::CreateSandboxRequest {
-        sandbox_id: "c1".into(),
-        storages: vec![agent::Storage {
-            driver: "ephemeral".into(),
-            source: "shm".into(),
-            fstype: "tmpfs".into(),
-            mount_point: "/run/kata-containers/sandbox/shm".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let sandbox = sim_agent::requests::create_sandbox("c1");
     step!(Agent::start_sandbox(a, sandbox)).unwrap();
     let details = step!(Agent::get_guest_details(
         a,
