@@ -1,11 +1,27 @@
 //! The guest filesystem: a host directory that stands for the guest's `/`.
 //!
-//! Every guest path is resolved inside that root, component by component, following symlinks
-//! as the guest kernel would but never above the root (the confinement that the real agent
-//! gets from `pathrs`). Nothing outside the root is ever read or written.
+//! The guest is a directory on the host, so a path that escapes it is a host bug. Every guest
+//! path is therefore resolved *and opened* by the kernel inside a directory handle, atomically:
+//! [`Confined`] wraps a [`pathrs::Root`] (openat2 with `RESOLVE_IN_ROOT` on this kernel), which
+//! follows symlinks as the guest kernel would but never above the root, including when a
+//! component is swapped for a symlink while the call runs. No guest path is ever turned back
+//! into a host path string and handed to the kernel; [`Confined::host_path`] exists for
+//! messages and tests only.
+//!
+//! Files are created with the last component opened `O_NOFOLLOW` below an already confined
+//! parent; a symlink found there (a dangling one, or one planted between the look-up and the
+//! create) is read and followed inside the root, as the guest kernel would follow it, never by
+//! the host kernel.
 
-use std::io;
+use std::fs::{File, Permissions};
+use std::io::{self, Read as _};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use pathrs::flags::OpenFlags;
+use pathrs::{InodeType, Root};
 
 /// Where the Go and Rust runtimes copy files when the filesystem is not shared.
 pub const SHARED_CONTAINERS_DIR: &str = "/run/kata-containers/shared/containers/";
@@ -13,14 +29,318 @@ pub const SHARED_CONTAINERS_DIR: &str = "/run/kata-containers/shared/containers/
 /// The most symlinks followed while resolving one path (Linux's `MAXSYMLINKS`).
 const MAX_SYMLINKS: usize = 40;
 
+/// How deep [`Confined::tree_size`] descends (a guest can nest directories without end).
+const MAX_TREE_DEPTH: usize = 128;
+
+/// Mode bits a guest write may set on the host. The guest's files are host files, so the
+/// setuid and setgid bits are dropped (a documented deviation: the real agent keeps them).
+pub const HOST_SAFE_MODE_MASK: u32 = 0o1777;
+
+/// Converts an error of `pathrs` into the `io::Error` of its errno (or an `Other` error that
+/// keeps the message when it has none).
+fn io_err(e: pathrs::error::Error) -> io::Error {
+    match e.kind() {
+        pathrs::error::ErrorKind::OsError(Some(errno)) => io::Error::from_raw_os_error(errno),
+        _ => io::Error::other(e),
+    }
+}
+
+fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error()
+}
+
+/// A directory tree that paths cannot leave: every operation resolves its path inside it.
+#[derive(Debug)]
+pub struct Confined {
+    root: Root,
+    host: PathBuf,
+}
+
+/// How [`Confined::open_write`] treats an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Truncate it (`>`).
+    Truncate,
+    /// Append to it (`>>`).
+    Append,
+    /// Open it for reading and writing, keeping its contents (CopyFile's chunks).
+    Update,
+}
+
+impl Confined {
+    /// Opens the host directory `dir` as a confinement root.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        Ok(Confined {
+            root: Root::open(dir).map_err(io_err)?,
+            host: dir.to_path_buf(),
+        })
+    }
+
+    /// The host path of the root, for messages and tests; never for file operations.
+    pub fn host_path(&self) -> &Path {
+        &self.host
+    }
+
+    /// The directory at `path` (resolved inside this root) as a root of its own: paths below
+    /// it resolve inside it, `..` and absolute symlinks clamp at it.
+    pub fn subdir(&self, path: &str) -> io::Result<Confined> {
+        let handle = self.root.resolve(path).map_err(io_err)?;
+        let fd: OwnedFd = handle.into();
+        let meta = File::from(fd.try_clone()?).metadata()?;
+        if !meta.is_dir() {
+            return Err(io::Error::from_raw_os_error(libc_errno::ENOTDIR));
+        }
+        Ok(Confined {
+            root: Root::from_fd(fd),
+            host: self.host.join(path.trim_start_matches('/')),
+        })
+    }
+
+    /// Opens a file for reading.
+    pub fn open_read(&self, path: &str) -> io::Result<File> {
+        self.root
+            .open_subpath(path, OpenFlags::O_RDONLY)
+            .map_err(io_err)
+    }
+
+    /// Reads a whole file.
+    pub fn read(&self, path: &str) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open_read(path)?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// Reads at most `limit` bytes of a file.
+    pub fn read_at_most(&self, path: &str, limit: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open_read(path)?
+            .take(limit as u64)
+            .read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// Metadata of what `path` resolves to (symlinks followed inside the root).
+    pub fn metadata(&self, path: &str) -> io::Result<std::fs::Metadata> {
+        let handle = self.root.resolve(path).map_err(io_err)?;
+        File::from(OwnedFd::from(handle)).metadata()
+    }
+
+    /// Whether `path` resolves to something.
+    pub fn exists(&self, path: &str) -> bool {
+        self.root.resolve(path).is_ok()
+    }
+
+    /// Opens a file for writing, creating it with `mode` (before the umask) if it does not
+    /// exist. The parent directory must exist.
+    pub fn open_write(&self, path: &str, how: WriteMode, mode: u32) -> io::Result<File> {
+        let access = match how {
+            WriteMode::Truncate => OpenFlags::O_WRONLY | OpenFlags::O_TRUNC,
+            WriteMode::Append => OpenFlags::O_WRONLY | OpenFlags::O_APPEND,
+            WriteMode::Update => OpenFlags::O_RDWR,
+        };
+        let perm = Permissions::from_mode(mode & HOST_SAFE_MODE_MASK);
+        let mut path = PathBuf::from(path);
+        for _ in 0..=MAX_SYMLINKS {
+            // An existing file: opened where it resolves to, inside the root.
+            match self.root.open_subpath(&path, access) {
+                Ok(f) => return Ok(f),
+                Err(e) => {
+                    let e = io_err(e);
+                    if e.kind() != io::ErrorKind::NotFound {
+                        return Err(e);
+                    }
+                }
+            }
+            // A new one: the last component is created below a confined parent, never
+            // followed by the host kernel.
+            match self
+                .root
+                .create_file(&path, access | OpenFlags::O_NOFOLLOW, &perm)
+            {
+                Ok(f) => return Ok(f),
+                Err(e) => {
+                    let e = io_err(e);
+                    if errno(&e) != Some(libc_errno::ELOOP) {
+                        return Err(e);
+                    }
+                }
+            }
+            // The last component is a symlink to nothing yet: follow it inside the root.
+            let target = self.root.readlink(&path).map_err(io_err)?;
+            path = if target.is_absolute() {
+                target
+            } else {
+                path.parent().unwrap_or(Path::new("/")).join(target)
+            };
+        }
+        Err(io::Error::from_raw_os_error(libc_errno::ELOOP))
+    }
+
+    /// Writes (creates or replaces) a file, creating its parent directories.
+    pub fn write(&self, path: &str, data: &[u8]) -> io::Result<()> {
+        use std::io::Write as _;
+        self.mkdir_parent(path)?;
+        self.open_write(path, WriteMode::Truncate, 0o644)?
+            .write_all(data)
+    }
+
+    /// Appends to a file, creating it and its parent directories.
+    pub fn append(&self, path: &str, data: &[u8]) -> io::Result<()> {
+        use std::io::Write as _;
+        self.mkdir_parent(path)?;
+        self.open_write(path, WriteMode::Append, 0o644)?
+            .write_all(data)
+    }
+
+    fn mkdir_parent(&self, path: &str) -> io::Result<()> {
+        match Path::new(path).parent() {
+            Some(parent)
+                if parent
+                    .components()
+                    .any(|c| matches!(c, Component::Normal(_))) =>
+            {
+                self.mkdir_all(&parent.to_string_lossy(), 0o755).map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates a directory and its missing parents with `mode` (before the umask); returns
+    /// the directory, opened.
+    pub fn mkdir_all(&self, path: &str, mode: u32) -> io::Result<File> {
+        let handle = self
+            .root
+            .mkdir_all(path, &Permissions::from_mode(mode & 0o777))
+            .map_err(io_err)?;
+        handle
+            .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY)
+            .map_err(io_err)
+    }
+
+    /// Creates a directory (its parent must exist); `false` if something is there already.
+    pub fn mkdir(&self, path: &str, mode: u32) -> io::Result<bool> {
+        match self.root.create(
+            path,
+            &InodeType::Directory(Permissions::from_mode(mode & 0o777)),
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) => match io_err(e) {
+                e if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Creates a symlink at `path` pointing to `target` (any text; it is only ever followed
+    /// inside a root).
+    pub fn symlink(&self, path: &str, target: &str) -> io::Result<()> {
+        self.root
+            .create(path, &InodeType::Symlink(PathBuf::from(target)))
+            .map_err(io_err)
+    }
+
+    /// Removes a file (not following a symlink at `path`: the link itself goes).
+    pub fn remove_file(&self, path: &str) -> io::Result<()> {
+        self.root.remove_file(path).map_err(io_err)
+    }
+
+    /// Removes a tree, if present (a symlink at `path` is removed, not followed).
+    pub fn remove_all(&self, path: &str) -> io::Result<()> {
+        match self.root.remove_all(path).map_err(io_err) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Renames `from` to `to`, both inside the root (neither last component is followed).
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.root
+            .rename(from, to, pathrs::flags::RenameFlags::empty())
+            .map_err(io_err)
+    }
+
+    /// Moves the entry at `path` into the directory `dest_dir` (outside the root, one of
+    /// ours) under `name`, with one `renameat`: the parent is resolved inside the root and the
+    /// last component is never followed.
+    fn move_out(&self, path: &str, dest_dir: &File, name: &str) -> io::Result<()> {
+        let p = Path::new(path);
+        let Some(Component::Normal(last)) = p.components().next_back() else {
+            return Err(io::Error::from_raw_os_error(libc_errno::EINVAL));
+        };
+        let parent = p.parent().unwrap_or(Path::new("/"));
+        let dir: OwnedFd = self.root.resolve(parent).map_err(io_err)?.into();
+        rustix::fs::renameat(dir.as_fd(), last, dest_dir.as_fd(), name).map_err(io::Error::from)
+    }
+
+    /// The bytes in the tree at `path` (symlinks counted as themselves, never followed; at
+    /// most [`MAX_TREE_DEPTH`] levels deep).
+    pub fn tree_size(&self, path: &str) -> io::Result<u64> {
+        let handle = self.root.resolve(path).map_err(io_err)?;
+        let fd: OwnedFd = handle.into();
+        let meta = File::from(fd.try_clone()?).metadata()?;
+        if !meta.is_dir() {
+            return Ok(meta.len());
+        }
+        let dir = rustix::fs::openat(
+            &fd,
+            ".",
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        Ok(dir_size(dir, 0))
+    }
+}
+
+fn dir_size(dir: OwnedFd, depth: usize) -> u64 {
+    use rustix::fs::{AtFlags, FileType, OFlags};
+    if depth > MAX_TREE_DEPTH {
+        return 0;
+    }
+    let Ok(entries) = rustix::fs::Dir::read_from(&dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            if let Ok(sub) = rustix::fs::openat(
+                &dir,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) {
+                total += dir_size(sub, depth + 1);
+            }
+        } else {
+            total += st.st_size as u64;
+        }
+    }
+    total
+}
+
+/// The errno values this module names (from `rustix`, which has them for every target).
+mod libc_errno {
+    pub const ENOTDIR: i32 = rustix::io::Errno::NOTDIR.raw_os_error();
+    pub const ELOOP: i32 = rustix::io::Errno::LOOP.raw_os_error();
+    pub const EINVAL: i32 = rustix::io::Errno::INVAL.raw_os_error();
+}
+
 /// A guest root directory on the host.
 #[derive(Debug)]
 pub struct GuestFs {
-    root: PathBuf,
+    root: Arc<Confined>,
     owned: Option<tempfile::TempDir>,
     /// Where discarded trees wait for deletion: a directory next to the root (same
     /// filesystem, so a tree moves there with one rename), made on first use.
-    trash: std::sync::OnceLock<Option<tempfile::TempDir>>,
+    trash: std::sync::OnceLock<Option<(tempfile::TempDir, File)>>,
     discarded: std::sync::atomic::AtomicU64,
 }
 
@@ -46,20 +366,6 @@ impl Drop for GuestFs {
     }
 }
 
-/// Why a guest path could not be resolved.
-#[derive(Debug, thiserror::Error)]
-pub enum PathError {
-    /// The path tried to leave the directory it is confined to.
-    #[error("path {0:?} escapes its root")]
-    Escapes(String),
-    /// Too many symlinks.
-    #[error("too many levels of symbolic links in {0:?}")]
-    Loop(String),
-    /// An I/O error while resolving.
-    #[error("{0}")]
-    Io(#[from] io::Error),
-}
-
 impl GuestFs {
     /// A guest root in a fresh temporary directory, removed on drop.
     pub fn temp() -> io::Result<Self> {
@@ -67,7 +373,7 @@ impl GuestFs {
             .prefix("kata-sim-guest-")
             .tempdir()?;
         Ok(GuestFs {
-            root: dir.path().to_path_buf(),
+            root: Arc::new(Confined::open(dir.path())?),
             owned: Some(dir),
             trash: std::sync::OnceLock::new(),
             discarded: Default::default(),
@@ -78,111 +384,97 @@ impl GuestFs {
     pub fn at(root: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(&root)?;
         Ok(GuestFs {
-            root,
+            root: Arc::new(Confined::open(&root)?),
             owned: None,
             trash: std::sync::OnceLock::new(),
             discarded: Default::default(),
         })
     }
 
-    /// The host directory that is the guest's `/`.
+    /// The host directory that is the guest's `/` (for messages and tests).
     pub fn root(&self) -> &Path {
-        &self.root
+        self.root.host_path()
     }
 
-    /// Resolves a guest path to a host path inside the root. `..` and symlinks are followed
-    /// but clamp at the guest `/`, as a chroot does.
-    pub fn resolve(&self, guest_path: &str) -> Result<PathBuf, PathError> {
-        resolve_in(&self.root, Path::new(guest_path), true)
+    /// The guest's `/`, for operations.
+    pub fn confined(&self) -> &Arc<Confined> {
+        &self.root
     }
 
     /// Reads a guest file.
     pub fn read(&self, guest_path: &str) -> io::Result<Vec<u8>> {
-        let p = self.resolve(guest_path).map_err(into_io)?;
-        std::fs::read(p)
+        self.root.read(guest_path)
     }
 
     /// Writes (creates or replaces) a guest file, creating parent directories.
     pub fn write(&self, guest_path: &str, data: &[u8]) -> io::Result<()> {
-        let p = self.resolve(guest_path).map_err(into_io)?;
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(p, data)
+        self.root.write(guest_path, data)
     }
 
     /// Appends to a guest file, creating it.
     pub fn append(&self, guest_path: &str, data: &[u8]) -> io::Result<()> {
-        use std::io::Write;
-        let p = self.resolve(guest_path).map_err(into_io)?;
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)?
-            .write_all(data)
+        self.root.append(guest_path, data)
     }
 
     /// Creates a guest directory and its parents.
     pub fn mkdir_all(&self, guest_path: &str) -> io::Result<()> {
-        let p = self.resolve(guest_path).map_err(into_io)?;
-        std::fs::create_dir_all(p)
+        self.root.mkdir_all(guest_path, 0o755).map(drop)
     }
 
     /// Creates the guest directory `base` with the relative directories `dirs` in it, unless
-    /// `base` already exists (then nothing is touched and the answer is `false`). `base` is
-    /// resolved once: the directories below it are new, so none of them can be a symlink.
+    /// `base` already exists (then nothing is touched and the answer is `false`). The
+    /// directories below `base` are made inside `base` itself (a root of its own), so nothing
+    /// put there meanwhile can lead them elsewhere.
     pub fn create_tree(&self, base: &str, dirs: &[&str]) -> io::Result<bool> {
-        let p = self.resolve(base).map_err(into_io)?;
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
+        if let Some(parent) = Path::new(base).parent() {
+            self.root.mkdir_all(&parent.to_string_lossy(), 0o755)?;
         }
-        match std::fs::create_dir(&p) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            other => other?,
+        if !self.root.mkdir(base, 0o755)? {
+            return Ok(false);
         }
+        let tree = self.root.subdir(base)?;
         for dir in dirs {
             debug_assert!(
                 Path::new(dir)
                     .components()
                     .all(|c| matches!(c, Component::Normal(_)))
             );
-            std::fs::create_dir_all(p.join(dir))?;
+            tree.mkdir_all(dir, 0o755)?;
         }
         Ok(true)
     }
 
     /// Whether a guest path exists (following symlinks inside the root).
     pub fn exists(&self, guest_path: &str) -> bool {
-        self.resolve(guest_path)
-            .map(|p| p.exists())
-            .unwrap_or(false)
+        self.root.exists(guest_path)
     }
 
     /// Takes a guest directory tree out of the guest (it is gone from the guest when this
     /// returns) and deletes its files later, off the caller's path; as [`GuestFs::remove_all`]
     /// where it cannot be moved aside. The guest's `/` itself is never discarded.
     pub fn discard(&self, guest_path: &str) -> io::Result<()> {
-        let p = self.resolve(guest_path).map_err(into_io)?;
-        if p == self.root {
+        let last = Path::new(guest_path).components().next_back();
+        if !matches!(last, Some(Component::Normal(_))) {
             return Err(io::Error::other("the guest root cannot be discarded"));
         }
         let trash = self.trash.get_or_init(|| {
-            let parent = self.root.parent()?;
-            tempfile::Builder::new()
+            let parent = self.root().parent()?;
+            let dir = tempfile::Builder::new()
                 .prefix("kata-sim-trash-")
                 .tempdir_in(parent)
-                .ok()
+                .ok()?;
+            let handle = File::open(dir.path()).ok()?;
+            Some((dir, handle))
         });
-        if let Some(trash) = trash {
+        if let Some((dir, handle)) = trash {
             let n = self
                 .discarded
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dest = trash.path().join(n.to_string());
-            match std::fs::rename(&p, &dest) {
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_string();
+            match self.root.move_out(guest_path, handle, &n) {
                 Ok(()) => {
+                    // Our own directory: std's removal never follows a symlink inside it.
+                    let dest = dir.path().join(n);
                     later(move || {
                         let _ = std::fs::remove_dir_all(dest);
                     });
@@ -193,139 +485,91 @@ impl GuestFs {
                 Err(_) => {}
             }
         }
-        match std::fs::remove_dir_all(&p) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
+        self.remove_all(guest_path)
     }
 
     /// Removes a guest directory tree, if present.
     pub fn remove_all(&self, guest_path: &str) -> io::Result<()> {
-        let p = self.resolve(guest_path).map_err(into_io)?;
-        match std::fs::remove_dir_all(&p) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
+        self.root.remove_all(guest_path)
     }
-}
-
-fn into_io(e: PathError) -> io::Error {
-    match e {
-        PathError::Io(e) => e,
-        other => io::Error::other(other.to_string()),
-    }
-}
-
-/// Resolves `path` inside `root`. With `clamp`, `..` at the root stays at the root (chroot
-/// semantics); without it, leaving the root is an error.
-///
-/// Each component is looked at once (`lstat`) for a symlink, until one does not exist: what
-/// follows a missing component cannot be a symlink, so it is taken as written.
-pub fn resolve_in(root: &Path, path: &Path, clamp: bool) -> Result<PathBuf, PathError> {
-    let mut out = root.to_path_buf();
-    // Components pushed onto `out` below the root.
-    let mut depth = 0usize;
-    let mut pending: Vec<std::ffi::OsString> = Vec::new();
-    push_components(&mut pending, path);
-    let mut followed = 0;
-    let mut missing = false;
-    while let Some(c) = pending.pop() {
-        if c == ".." {
-            if depth == 0 {
-                if !clamp {
-                    return Err(PathError::Escapes(path.display().to_string()));
-                }
-            } else {
-                out.pop();
-                depth -= 1;
-                // Back in a directory that may exist: look again.
-                missing = false;
-            }
-            continue;
-        }
-        if c == "." || c.is_empty() {
-            continue;
-        }
-        out.push(&c);
-        if missing {
-            depth += 1;
-            continue;
-        }
-        match std::fs::symlink_metadata(&out) {
-            Ok(m) if m.file_type().is_symlink() => {
-                followed += 1;
-                if followed > MAX_SYMLINKS {
-                    return Err(PathError::Loop(path.display().to_string()));
-                }
-                let target = std::fs::read_link(&out)?;
-                out.pop();
-                if target.is_absolute() {
-                    out = root.to_path_buf();
-                    depth = 0;
-                }
-                push_components(&mut pending, &target);
-            }
-            Ok(_) => depth += 1,
-            Err(e) => {
-                missing = e.kind() == io::ErrorKind::NotFound;
-                depth += 1;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Pushes the components of `p` onto a stack so that the first component is popped first.
-fn push_components(stack: &mut Vec<std::ffi::OsString>, p: &Path) {
-    let comps: Vec<std::ffi::OsString> = p
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    stack.extend(comps.into_iter().rev());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A host directory outside the guest root whose contents must never change.
+    struct Sentinel(tempfile::TempDir);
+
+    impl Sentinel {
+        fn new() -> Self {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::write(d.path().join("victim"), b"host").unwrap();
+            Sentinel(d)
+        }
+        fn path(&self, name: &str) -> String {
+            self.0.path().join(name).to_string_lossy().into_owned()
+        }
+        fn assert_untouched(&self) {
+            let mut names: Vec<_> = std::fs::read_dir(self.0.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["victim"], "something was written outside the root");
+            assert_eq!(
+                std::fs::read(self.0.path().join("victim")).unwrap(),
+                b"host"
+            );
+        }
+    }
+
     #[test]
     fn dotdot_clamps_at_root() {
         let fs = GuestFs::temp().unwrap();
-        let p = fs.resolve("/../../etc/passwd").unwrap();
-        assert_eq!(p, fs.root().join("etc/passwd"));
+        fs.write("/../../etc/passwd", b"x").unwrap();
+        assert_eq!(std::fs::read(fs.root().join("etc/passwd")).unwrap(), b"x");
     }
 
     #[test]
-    fn absolute_symlink_is_rerooted() {
+    fn absolute_and_climbing_symlinks_stay_in_the_root() {
         let fs = GuestFs::temp().unwrap();
+        let host = Sentinel::new();
         fs.mkdir_all("/a").unwrap();
-        std::os::unix::fs::symlink("/etc", fs.root().join("a/link")).unwrap();
+        fs.mkdir_all(&host.path("")).unwrap();
+        std::os::unix::fs::symlink(host.0.path(), fs.root().join("a/link")).unwrap();
+        fs.write("/a/link/victim", b"guest").unwrap();
         assert_eq!(
-            fs.resolve("/a/link/passwd").unwrap(),
-            fs.root().join("etc/passwd")
+            std::fs::read(fs.root().join(host.path("victim").trim_start_matches('/'))).unwrap(),
+            b"guest"
         );
         std::os::unix::fs::symlink("../../../../..", fs.root().join("a/up")).unwrap();
-        assert_eq!(fs.resolve("/a/up/x").unwrap(), fs.root().join("x"));
+        fs.write("/a/up/x", b"y").unwrap();
+        assert!(fs.root().join("x").is_file());
+        host.assert_untouched();
     }
 
     #[test]
-    fn a_symlink_after_a_missing_directory_and_dotdot_is_still_followed() {
+    fn a_dangling_symlink_is_followed_inside_the_root_chain_and_all() {
         let fs = GuestFs::temp().unwrap();
-        fs.mkdir_all("/a").unwrap();
-        std::os::unix::fs::symlink("/etc", fs.root().join("a/link")).unwrap();
-        // `nothere` is missing, so what follows it is not looked at, until `..` climbs back.
+        let host = Sentinel::new();
+        fs.mkdir_all("/d").unwrap();
+        // d/one -> d/two -> <host>/new (absolute, dangling on the host and in the guest).
+        std::os::unix::fs::symlink("two", fs.root().join("d/one")).unwrap();
+        std::os::unix::fs::symlink(host.path("new"), fs.root().join("d/two")).unwrap();
+        fs.mkdir_all(&host.path("")).unwrap();
+        fs.write("/d/one", b"z").unwrap();
         assert_eq!(
-            fs.resolve("/a/nothere/../link/passwd").unwrap(),
-            fs.root().join("etc/passwd")
+            fs.read(&host.path("new")).unwrap(),
+            b"z",
+            "created in the guest"
         );
-        assert_eq!(
-            fs.resolve("/a/nothere/link/x").unwrap(),
-            fs.root().join("a/nothere/link/x")
-        );
+        assert_eq!(fs.read("/d/one").unwrap(), b"z");
+        host.assert_untouched();
+        // An absolute link to an existing host file: the guest's file of that name is written.
+        std::os::unix::fs::symlink(host.path("victim"), fs.root().join("d/v")).unwrap();
+        fs.append("/d/v", b"!").unwrap();
+        host.assert_untouched();
     }
 
     #[test]
@@ -338,7 +582,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), fs.root().join("r/other")).unwrap();
         assert!(!fs.create_tree("/r/rootfs", &["etc"]).unwrap());
         assert!(!fs.root().join("r/rootfs/etc").exists());
-        fs.create_tree("/r/other", &["etc"]).unwrap();
+        assert!(!fs.create_tree("/r/other", &["etc"]).unwrap());
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 
@@ -397,6 +641,7 @@ mod tests {
                 .unwrap()
                 .as_ref()
                 .unwrap()
+                .0
                 .path()
                 .to_path_buf();
             assert_eq!(trash.parent(), fs.root().parent(), "next to the root");
@@ -408,16 +653,54 @@ mod tests {
     }
 
     #[test]
-    fn unclamped_resolution_rejects_escape() {
+    fn discarding_through_a_symlinked_parent_moves_nothing_of_the_host() {
         let fs = GuestFs::temp().unwrap();
-        assert!(matches!(
-            resolve_in(fs.root(), Path::new("a/../../x"), false),
-            Err(PathError::Escapes(_))
-        ));
+        let host = Sentinel::new();
+        std::fs::create_dir(host.0.path().join("tree")).unwrap();
+        std::os::unix::fs::symlink(host.0.path(), fs.root().join("c")).unwrap();
+        // `/c/tree` resolves in the guest (where there is no such tree), not on the host.
+        fs.discard("/c/tree").unwrap();
+        assert!(host.0.path().join("tree").is_dir());
+        std::fs::remove_dir(host.0.path().join("tree")).unwrap();
+        host.assert_untouched();
+    }
+
+    #[test]
+    fn a_subdir_is_a_root_of_its_own() {
+        let fs = GuestFs::temp().unwrap();
+        fs.mkdir_all("/run/c/rootfs/etc").unwrap();
+        let rootfs = fs.confined().subdir("/run/c/rootfs").unwrap();
+        rootfs.symlink("/esc", "/../../etc").unwrap();
+        rootfs.write("/esc/passwd", b"p").unwrap();
+        assert!(fs.root().join("run/c/rootfs/etc/passwd").is_file());
+        assert!(!fs.root().join("etc").exists());
         assert_eq!(
-            resolve_in(fs.root(), Path::new("a/../x"), false).unwrap(),
-            fs.root().join("x")
+            fs.confined().subdir("/nothere").unwrap_err().kind(),
+            io::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn setuid_and_setgid_bits_never_reach_the_host() {
+        let fs = GuestFs::temp().unwrap();
+        let f = fs
+            .confined()
+            .open_write("/s", WriteMode::Truncate, 0o6777)
+            .unwrap();
+        let mode = f.metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o6000, 0, "mode {mode:o}");
+    }
+
+    #[test]
+    fn tree_size_counts_files_and_does_not_follow_links() {
+        let fs = GuestFs::temp().unwrap();
+        fs.write("/v/a", &[0; 10]).unwrap();
+        fs.write("/v/sub/b", &[0; 5]).unwrap();
+        let host = Sentinel::new();
+        std::fs::write(host.0.path().join("victim"), vec![0; 1000]).unwrap();
+        std::os::unix::fs::symlink(host.path("victim"), fs.root().join("v/l")).unwrap();
+        let link_len = host.path("victim").len() as u64;
+        assert_eq!(fs.confined().tree_size("/v").unwrap(), 15 + link_len);
     }
 
     #[test]
@@ -425,6 +708,7 @@ mod tests {
         let fs = GuestFs::temp().unwrap();
         std::os::unix::fs::symlink("/l2", fs.root().join("l1")).unwrap();
         std::os::unix::fs::symlink("/l1", fs.root().join("l2")).unwrap();
-        assert!(matches!(fs.resolve("/l1/x"), Err(PathError::Loop(_))));
+        assert!(fs.read("/l1/x").is_err());
+        assert!(fs.write("/l1", b"x").is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use protobuf::well_known_types::empty::Empty;
 use ttrpc::Code;
 
-use super::fs::{GuestFs, SHARED_CONTAINERS_DIR, resolve_in};
+use super::fs::{GuestFs, HOST_SAFE_MODE_MASK, SHARED_CONTAINERS_DIR, WriteMode};
 use super::process::Proc;
 use super::program::{Behaviour, Builtin, ProcessScript, ProgramCtx, program_name};
 use super::shell::{ContainerView, MountView};
@@ -342,7 +342,7 @@ impl Guest {
         ProgramCtx {
             note: Arc::new(move |n| trace.note(seq, n)),
             view: ContainerView {
-                guest_root: self.fs.root().to_path_buf(),
+                guest: Arc::clone(self.fs.confined()),
                 rootfs,
                 mounts,
                 cwd: if cwd.is_empty() {
@@ -575,11 +575,12 @@ impl Guest {
             ));
         }
         let source = self.termination_log_source(&req.container_id)?;
-        let data = match self.fs.read(&source) {
-            Ok(mut buf) => {
-                buf.truncate(MAX_TERMINATION_MSG);
-                String::from_utf8_lossy(&buf).into_owned()
-            }
+        let data = match self
+            .fs
+            .confined()
+            .read_at_most(&source, MAX_TERMINATION_MSG)
+        {
+            Ok(buf) => String::from_utf8_lossy(&buf).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => {
                 return Err(AgentError::internal(format!(
@@ -594,7 +595,7 @@ impl Guest {
     }
 
     pub async fn copy_file(&self, req: agent::CopyFileRequest, _seq: u64) -> Result<Empty> {
-        copy_file(&self.fs, &req)?;
+        copy_file(&self.fs, self.config.disk_size(), &req)?;
         Ok(Empty::new())
     }
 
@@ -742,16 +743,15 @@ impl Guest {
         req: agent::VolumeStatsRequest,
         _seq: u64,
     ) -> Result<csi::VolumeStatsResponse> {
-        let path = self
-            .fs
-            .resolve(&req.volume_guest_path)
-            .map_err(|e| AgentError::internal(e.to_string()))?;
-        if !path.exists() {
-            return Err(AgentError::internal(
-                "No such file or directory (os error 2)",
-            ));
-        }
-        let used = dir_size(&path);
+        let used = match self.fs.confined().tree_size(&req.volume_guest_path) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(AgentError::internal(
+                    "No such file or directory (os error 2)",
+                ));
+            }
+            Err(e) => return Err(io_internal(e)),
+        };
         const CAPACITY: u64 = 1 << 30;
         let mut usage = csi::VolumeUsage::new();
         usage.total = CAPACITY;
@@ -908,16 +908,6 @@ pub(crate) fn io_internal(e: std::io::Error) -> AgentError {
     AgentError::internal(format!("{e}"))
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
-            .unwrap_or(0),
-        Ok(m) => m.len(),
-        Err(_) => 0,
-    }
-}
-
 /// Mode bits the agent keeps on files and directories it creates.
 const FILE_PERMISSION_MASK: u32 = 0o7777;
 const IMPLICIT_DIRECTORY_PERMISSION_MASK: u32 = 0o777;
@@ -925,9 +915,13 @@ const S_IFMT: u32 = 0o170000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFLNK: u32 = 0o120000;
 
-/// CopyFile as the real agent performs it, confined to the shared containers directory.
-pub(crate) fn copy_file(fs: &GuestFs, req: &agent::CopyFileRequest) -> Result<()> {
-    use std::os::unix::fs::{FileExt, PermissionsExt};
+/// CopyFile as the real agent performs it, confined to the shared containers directory (the
+/// agent resolves every path of it in a root at that directory; so does this, through
+/// [`super::fs::Confined`]). The file is written to `<path>.tmp` and renamed into place when
+/// it has `file_size` bytes; setuid and setgid bits are dropped (the guest is on the host),
+/// and an offset or size beyond the guest disk fails as a full disk does.
+pub(crate) fn copy_file(fs: &GuestFs, disk_size: u64, req: &agent::CopyFileRequest) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let shared = SHARED_CONTAINERS_DIR.trim_end_matches('/');
     let rel = std::path::Path::new(&req.path)
         .strip_prefix(shared)
@@ -937,47 +931,71 @@ pub(crate) fn copy_file(fs: &GuestFs, req: &agent::CopyFileRequest) -> Result<()
                 req.path
             ))
         })?;
-    let root = fs
-        .resolve(shared)
-        .map_err(|e| AgentError::internal(e.to_string()))?;
-    std::fs::create_dir_all(&root).map_err(io_internal)?;
-    // A path that would leave the shared directory is refused before anything is written.
-    let target = resolve_in(&root, rel, false).map_err(|_| {
-        AgentError::internal(format!(
-            "renameat {}\n\nCaused by:\n    ENOENT: No such file or directory",
-            req.path
-        ))
-    })?;
-    if target == root {
+    // A path that would climb out of the shared directory is refused before anything is
+    // written (inside it, `..` and symlinks are resolved by the kernel in the root).
+    let mut depth = 0usize;
+    let mut parts: Vec<String> = Vec::new();
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(p) => {
+                depth += 1;
+                parts.push(p.to_string_lossy().into_owned());
+            }
+            std::path::Component::ParentDir => {
+                if depth == 0 {
+                    return Err(AgentError::internal(format!(
+                        "renameat {}\n\nCaused by:\n    ENOENT: No such file or directory",
+                        req.path
+                    )));
+                }
+                depth -= 1;
+                parts.push("..".into());
+            }
+            _ => {}
+        }
+    }
+    if depth == 0 {
         return Err(AgentError::internal(
             "create_file\n\nCaused by:\n    EISDIR: Is a directory",
         ));
     }
-    let set_mode = |p: &std::path::Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(io_internal)
-    };
-    if let Some(parent) = target.parent().filter(|p| !p.exists()) {
-        {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                AgentError::internal(format!("mkdir_all parent\n\nCaused by:\n    {e}"))
-            })?;
-            set_mode(parent, req.dir_mode & IMPLICIT_DIRECTORY_PERMISSION_MASK)?;
+    let target = format!("/{}", parts.join("/"));
+    let root = match fs.confined().subdir(shared) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs.mkdir_all(SHARED_CONTAINERS_DIR).map_err(io_internal)?;
+            fs.confined().subdir(shared)
         }
+        other => other,
+    }
+    .map_err(io_internal)?;
+    let set_mode = |f: &std::fs::File, mode: u32| {
+        f.set_permissions(std::fs::Permissions::from_mode(mode & HOST_SAFE_MODE_MASK))
+            .map_err(io_internal)
+    };
+    let parent = std::path::Path::new(&target)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    if !root.exists(&parent) {
+        let dir = root.mkdir_all(&parent, req.dir_mode).map_err(|e| {
+            AgentError::internal(format!("mkdir_all parent\n\nCaused by:\n    {e}"))
+        })?;
+        set_mode(&dir, req.dir_mode & IMPLICIT_DIRECTORY_PERMISSION_MASK)?;
     }
     match req.file_mode & S_IFMT {
         S_IFDIR => {
-            std::fs::create_dir_all(&target).map_err(|e| {
+            let dir = root.mkdir_all(&target, req.file_mode).map_err(|e| {
                 AgentError::internal(format!("mkdir_all dir\n\nCaused by:\n    {e}"))
             })?;
-            set_mode(&target, req.file_mode & FILE_PERMISSION_MASK)?;
+            set_mode(&dir, req.file_mode & FILE_PERMISSION_MASK)?;
             return Ok(());
         }
         S_IFLNK => {
             if req.offset == 0 {
-                let _ = std::fs::remove_file(&target);
+                let _ = root.remove_file(&target);
             }
             let link_target = String::from_utf8_lossy(&req.data).into_owned();
-            std::os::unix::fs::symlink(link_target, &target).map_err(|e| {
+            root.symlink(&target, &link_target).map_err(|e| {
                 AgentError::internal(format!("create symlink\n\nCaused by:\n    {e}"))
             })?;
             return Ok(());
@@ -985,7 +1003,7 @@ pub(crate) fn copy_file(fs: &GuestFs, req: &agent::CopyFileRequest) -> Result<()
         _ => {}
     }
     if req.offset == 0 {
-        match std::fs::remove_file(&target) {
+        match root.remove_file(&target) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_internal(e)),
             _ => {}
         }
@@ -995,23 +1013,39 @@ pub(crate) fn copy_file(fs: &GuestFs, req: &agent::CopyFileRequest) -> Result<()
             "write_all_at\n\nCaused by:\n    EINVAL: Invalid argument",
         ));
     }
-    let tmp = target.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true)
-        .write(true)
-        .create(true)
-        .truncate(req.offset == 0);
-    let file = opts
-        .open(&tmp)
+    // The guest disk is bounded: a chunk or a declared size past it fails as a full disk
+    // does, before a (sparse) host file of that size exists.
+    let end = (req.offset as u64).checked_add(req.data.len() as u64);
+    if end.is_none_or(|end| end > disk_size)
+        || req.file_size > 0 && req.file_size as u64 > disk_size
+    {
+        return Err(AgentError::internal(
+            "write_all_at\n\nCaused by:\n    ENOSPC: No space left on device",
+        ));
+    }
+    let tmp = std::path::Path::new(&target)
+        .with_extension("tmp")
+        .to_string_lossy()
+        .into_owned();
+    let how = if req.offset == 0 {
+        WriteMode::Truncate
+    } else {
+        WriteMode::Update
+    };
+    let file = root
+        .open_write(&tmp, how, 0o644)
         .map_err(|e| AgentError::internal(format!("create_file\n\nCaused by:\n    {e}")))?;
-    file.write_all_at(&req.data, req.offset as u64)
-        .map_err(|e| AgentError::internal(format!("write_all_at\n\nCaused by:\n    {e}")))?;
+    {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&req.data, req.offset as u64)
+            .map_err(|e| AgentError::internal(format!("write_all_at\n\nCaused by:\n    {e}")))?;
+    }
     let size = file.metadata().map_err(io_internal)?.len();
     if size as i64 != req.file_size {
         return Ok(());
     }
-    set_mode(&tmp, req.file_mode & FILE_PERMISSION_MASK)?;
-    std::fs::rename(&tmp, &target)
+    set_mode(&file, req.file_mode & FILE_PERMISSION_MASK)?;
+    root.rename(&tmp, &target)
         .map_err(|e| AgentError::internal(format!("renameat\n\nCaused by:\n    {e}")))?;
     Ok(())
 }

@@ -50,9 +50,21 @@ pub struct SimConfig {
     pub trace: Option<Trace>,
     /// Scripted processes installed from the start (as [`SimAgent::script`] would).
     pub scripts: Vec<(ScriptMatch, ProcessScript)>,
+    /// The size of the guest disk behind the shared directory, in bytes
+    /// ([`DEFAULT_DISK_SIZE`] when `None`): a CopyFile past it fails as a full disk does.
+    pub disk_size: Option<u64>,
 }
 
+/// The guest disk size when none is configured: the Kata guest's `/run` is a tmpfs of half its
+/// memory, 1 GiB with the default 2048 MiB.
+pub const DEFAULT_DISK_SIZE: u64 = 1 << 30;
+
 impl SimConfig {
+    /// The guest disk size in effect.
+    pub fn disk_size(&self) -> u64 {
+        self.disk_size.unwrap_or(DEFAULT_DISK_SIZE)
+    }
+
     /// The profile of an agent release: its version boundaries, and the version that
     /// `GetGuestDetails` and `Health.Version` report.
     pub fn for_version(version: AgentVersion) -> Self {
@@ -195,13 +207,12 @@ impl SimAgent {
     /// container had removed it).
     pub fn remove_termination_message(&self, container_id: &str) -> Result<()> {
         let source = self.inner.guest.termination_log_source(container_id)?;
-        let path = self
-            .inner
+        self.inner
             .guest
             .fs
-            .resolve(&source)
-            .map_err(|e| AgentError::internal(e.to_string()))?;
-        std::fs::remove_file(path).map_err(|e| AgentError::internal(e.to_string()))
+            .confined()
+            .remove_file(&source)
+            .map_err(|e| AgentError::internal(e.to_string()))
     }
 
     /// Writes a guest file (any guest path, confined to the guest root).

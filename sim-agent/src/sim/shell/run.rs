@@ -11,7 +11,7 @@ use rand_chacha::rand_core::SeedableRng;
 use super::io::{Input, Output, Stdio, pipe};
 use super::parse::{AndOr, Command, Connector, Pipeline, RedirectTarget, Script};
 use super::programs::{Files, Program};
-use crate::sim::fs::resolve_in;
+use crate::sim::fs::{Confined, WriteMode};
 use crate::sim::process::{Proc, Stream};
 
 /// One OCI mount as the interpreter needs it.
@@ -29,8 +29,8 @@ pub struct MountView {
 /// A container's view of the guest filesystem.
 #[derive(Debug, Clone)]
 pub struct ContainerView {
-    /// The host directory that is the guest's `/`.
-    pub guest_root: PathBuf,
+    /// The guest's `/`.
+    pub guest: Arc<Confined>,
     /// The container's rootfs, as a guest path.
     pub rootfs: String,
     /// Its mounts.
@@ -40,14 +40,16 @@ pub struct ContainerView {
 }
 
 /// What a container path is.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Target {
     Null,
     Zero,
     Random,
     Stdout,
     Stderr,
-    File(PathBuf),
+    /// A file: a path inside a root (the guest's `/` for a bind mount's source, the
+    /// container's rootfs otherwise).
+    File(Arc<Confined>, String),
 }
 
 /// Lexically normalises a container path against `cwd` (`..` stops at `/`).
@@ -92,24 +94,13 @@ impl ContainerView {
                 p == d || p.starts_with(&format!("{d}/")) || d.is_empty()
             })
             .max_by_key(|m| m.destination.trim_end_matches('/').len());
-        let confined = |root: &Path, rel: &str| {
-            resolve_in(root, Path::new(rel), true).map_err(|e| match e {
-                crate::sim::fs::PathError::Io(e) => e,
-                other => io::Error::new(io::ErrorKind::PermissionDenied, other.to_string()),
-            })
-        };
-        let host = match mount {
+        Ok(match mount {
             Some(m) => {
                 let rest = &p[m.destination.trim_end_matches('/').len()..];
-                let guest = format!("{}{rest}", m.source);
-                confined(&self.guest_root, &guest)?
+                Target::File(Arc::clone(&self.guest), format!("{}{rest}", m.source))
             }
-            None => {
-                let rootfs = confined(&self.guest_root, &self.rootfs)?;
-                confined(&rootfs, &p)?
-            }
-        };
-        Ok(Target::File(host))
+            None => Target::File(Arc::new(self.guest.subdir(&self.rootfs)?), p),
+        })
     }
 }
 
@@ -131,14 +122,14 @@ impl Files for Env {
             Target::Zero => Input::Zero,
             Target::Random => Input::Random(Box::new(ChaCha8Rng::seed_from_u64(self.seed))),
             Target::Stdout | Target::Stderr => Input::Empty,
-            Target::File(p) => {
-                if p.is_dir() {
+            Target::File(root, p) => {
+                if root.metadata(&p)?.is_dir() {
                     return Err(io::Error::new(
                         io::ErrorKind::IsADirectory,
                         "Is a directory",
                     ));
                 }
-                Input::Bytes(io::Cursor::new(std::fs::read(p)?))
+                Input::Bytes(io::Cursor::new(root.read(&p)?))
             }
         })
     }
@@ -150,14 +141,13 @@ impl Env {
             Target::Null | Target::Zero | Target::Random => Output::Null,
             Target::Stdout => Output::Proc(Arc::clone(&self.proc), Stream::Stdout),
             Target::Stderr => Output::Proc(Arc::clone(&self.proc), Stream::Stderr),
-            Target::File(p) => {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .append(append)
-                    .truncate(!append)
-                    .open(p)?;
-                Output::File(Arc::new(f))
+            Target::File(root, p) => {
+                let how = if append {
+                    WriteMode::Append
+                } else {
+                    WriteMode::Truncate
+                };
+                Output::File(Arc::new(root.open_write(&p, how, 0o644)?))
             }
         })
     }
@@ -320,11 +310,21 @@ mod tests {
         assert_eq!(normalize("/", "/dev//null"), "/dev/null");
     }
 
+    /// Where a file target lands on the host (lexically: these paths hold no symlinks),
+    /// or the device it is.
+    fn host(view: &ContainerView, path: &str) -> Result<PathBuf, String> {
+        match view.target(path).unwrap() {
+            Target::File(root, p) => Ok(root.host_path().join(p.trim_start_matches('/'))),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
     #[test]
     fn bind_mounts_win_over_the_rootfs_by_longest_destination() {
         let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("run/c/rootfs")).unwrap();
         let view = ContainerView {
-            guest_root: root.path().to_path_buf(),
+            guest: Arc::new(Confined::open(root.path()).unwrap()),
             rootfs: "/run/c/rootfs".into(),
             mounts: vec![
                 MountView {
@@ -345,29 +345,31 @@ mod tests {
             ],
             cwd: "/".into(),
         };
-        std::fs::create_dir_all(root.path().join("run/c/rootfs")).unwrap();
         assert_eq!(
-            view.target("/dev/termination-log").unwrap(),
-            Target::File(root.path().join("run/shared/c-term"))
+            host(&view, "/dev/termination-log").unwrap(),
+            root.path().join("run/shared/c-term")
         );
         assert_eq!(
-            view.target("/data/x/y").unwrap(),
-            Target::File(root.path().join("run/shared/vol/x/y"))
+            host(&view, "/data/x/y").unwrap(),
+            root.path().join("run/shared/vol/x/y")
         );
         assert_eq!(
-            view.target("/dev/shm/f").unwrap(),
-            Target::File(root.path().join("run/c/rootfs/dev/shm/f"))
+            host(&view, "/dev/shm/f").unwrap(),
+            root.path().join("run/c/rootfs/dev/shm/f")
         );
         assert_eq!(
-            view.target("/datax").unwrap(),
-            Target::File(root.path().join("run/c/rootfs/datax"))
+            host(&view, "/datax").unwrap(),
+            root.path().join("run/c/rootfs/datax")
         );
-        assert_eq!(view.target("/dev/null").unwrap(), Target::Null);
-        // A symlink in the rootfs cannot lead out of it.
+        assert_eq!(host(&view, "/dev/null").unwrap_err(), "Null");
+        // A symlink in the rootfs cannot lead out of it: the write lands in the rootfs.
+        std::fs::create_dir_all(root.path().join("run/c/rootfs/etc")).unwrap();
         std::os::unix::fs::symlink("/../../etc", root.path().join("run/c/rootfs/esc")).unwrap();
-        assert_eq!(
-            view.target("/esc/passwd").unwrap(),
-            Target::File(root.path().join("run/c/rootfs/etc/passwd"))
-        );
+        let Target::File(r, p) = view.target("/esc/passwd").unwrap() else {
+            panic!("not a file");
+        };
+        r.write(&p, b"x").unwrap();
+        assert!(root.path().join("run/c/rootfs/etc/passwd").is_file());
+        assert!(!root.path().join("etc").exists());
     }
 }

@@ -21,7 +21,7 @@ impl Sandbox {
 
     fn view(&self) -> ContainerView {
         ContainerView {
-            guest_root: self.root.path().to_path_buf(),
+            guest: Arc::new(crate::sim::fs::Confined::open(self.root.path()).unwrap()),
             rootfs: "/run/c/rootfs".into(),
             mounts: vec![
                 MountView {
