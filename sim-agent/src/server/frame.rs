@@ -54,13 +54,14 @@ pub struct FrameReader {
     oversized: Option<(u32, usize)>,
 }
 
-/// The buffer a connection starts with (and returns to after a large frame).
-const READ_BUF: usize = 8 << 10;
+/// The buffer a connection takes at its first byte (and returns to after a large frame).
+pub const READ_BUF: usize = 8 << 10;
 
 impl Default for FrameReader {
     fn default() -> Self {
+        // No memory until the first byte arrives: an idle connection holds no buffer.
         FrameReader {
-            buf: vec![0; READ_BUF],
+            buf: Vec::new(),
             lo: 0,
             hi: 0,
             skip: 0,
@@ -136,19 +137,34 @@ impl FrameReader {
         }
     }
 
+    /// How many bytes the buffer holds (for tests of its growth).
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
     /// One read into the buffer (cancel safe: the bytes count only once the read returns).
+    ///
+    /// The buffer grows as bytes arrive, never from what a header announces: it at most
+    /// doubles when it is full of bytes the peer actually sent, so a peer that announces
+    /// 4 MiB and sends 10 bytes costs [`READ_BUF`], and one that sends half of a large frame
+    /// costs about that half. Once a large frame is consumed the buffer shrinks back.
     async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<()> {
         if self.lo == self.hi {
             self.lo = 0;
             self.hi = 0;
-            if self.buf.len() > READ_BUF && self.skip == 0 {
-                // A large frame is done: give its memory back.
-                self.buf = vec![0; READ_BUF];
-            }
         }
-        // Room for the whole frame being read (its header says how long it is).
-        let pending = &self.buf[self.lo..self.hi];
-        let want = match pending.get(..4) {
+        let pending = self.hi - self.lo;
+        if self.buf.len() > READ_BUF && pending <= READ_BUF / 2 && self.skip == 0 {
+            // A large frame is done: give its memory back, keeping what follows it.
+            let mut small = vec![0; READ_BUF];
+            small[..pending].copy_from_slice(&self.buf[self.lo..self.hi]);
+            self.buf = small;
+            self.lo = 0;
+            self.hi = pending;
+        }
+        // The frame being read: how many bytes it needs in all (its header says).
+        let want = match self.buf[self.lo..self.hi].get(..4) {
             Some(len) if self.skip == 0 => {
                 let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
                 // An oversized frame is skipped, never buffered.
@@ -156,17 +172,17 @@ impl FrameReader {
             }
             _ => HEADER,
         };
-        if self.lo + want > self.buf.len() {
+        if self.hi == self.buf.len() || self.lo + want > self.buf.len() {
+            // Move the pending bytes to the front before growing or reading on.
             self.buf.copy_within(self.lo..self.hi, 0);
-            self.hi -= self.lo;
+            self.hi = pending;
             self.lo = 0;
-            if want > self.buf.len() {
-                self.buf.resize(want, 0);
-            }
-        } else if self.hi == self.buf.len() {
-            self.buf.copy_within(self.lo..self.hi, 0);
-            self.hi -= self.lo;
-            self.lo = 0;
+        }
+        if self.hi == self.buf.len() {
+            // Full of received bytes: grow, at most doubling, never past the frame.
+            let grown = (self.buf.len() * 2).max(READ_BUF).min(want.max(READ_BUF));
+            let grown = grown.max(self.hi + 1);
+            self.buf.resize(grown, 0);
         }
         let n = r.read(&mut self.buf[self.hi..]).await?;
         if n == 0 {
