@@ -67,7 +67,7 @@ impl FleetConfig {
 #[derive(Debug)]
 pub struct Fleet {
     config: FleetConfig,
-    vms: Mutex<BTreeMap<String, SimHypervisor>>,
+    vms: Arc<Mutex<BTreeMap<String, SimHypervisor>>>,
     trace: Trace,
 }
 
@@ -93,7 +93,7 @@ impl Fleet {
         config.vm.faults = Some(Arc::new(config.faults.clone()));
         Ok(Fleet {
             config,
-            vms: Mutex::new(BTreeMap::new()),
+            vms: Arc::default(),
             trace: Trace::default(),
         })
     }
@@ -202,10 +202,7 @@ impl Fleet {
 
     /// Forgets `vm` as `id`, unless the fleet has another VM by that id by now.
     fn forget(&self, id: &str, vm: &SimHypervisor) {
-        let mut vms = self.lock();
-        if vms.get(id).is_some_and(|v| v.same_vm(vm)) {
-            vms.remove(id);
-        }
+        forget(&self.vms, id, vm);
     }
 
     /// `StartVM`: boots the VM; its agent then answers on the socket.
@@ -221,37 +218,46 @@ impl Fleet {
     /// `StopVM`: powers the VM off, removes its sockets and forgets it.
     ///
     /// Cancel safe: dropped while it waits (a delay fault), the VM runs on, still in the
-    /// fleet; once the power-off has begun it completes in a task of its own, and the VM is
-    /// forgotten and its directory removed with nothing to wait for in between. A StopVM that
-    /// fails leaves the VM in the fleet (a later StopVM or the shutdown stops it).
+    /// fleet; once the fault hook lets it through, the power-off, forgetting the VM and
+    /// removing its directory complete in a task of their own. A StopVM that fails leaves
+    /// the VM in the fleet (a later StopVM or the shutdown stops it).
     pub async fn stop_vm(&self, id: &str) -> Result<()> {
         let vm = self
             .vm(id)
             .ok_or_else(|| HypervisorError::NotFound(id.to_string()))?;
+        let vms = Arc::clone(&self.vms);
+        let owned = id.to_string();
+        // Forgetting the VM and removing its directory belong to the power-off: they run in
+        // its task, so a caller that goes away after the fault hook let StopVM through
+        // changes nothing about the outcome.
+        let forget = move |vm: &SimHypervisor| {
+            forget(&vms, &owned, vm);
+            vm.remove_dir()
+        };
+        let finish_other = |vm: &SimHypervisor| {
+            // Another StopVM (or a death) powered it off: forget it once that is complete.
+            if self.vm(id).is_none_or(|v| !v.same_vm(vm)) {
+                return Err(HypervisorError::NotFound(id.to_string()));
+            }
+            self.forget(id, vm);
+            vm.remove_dir()
+        };
         if vm.state() == Some(VmState::Stopped) {
-            // Powered off already (it died, or another StopVM is under way): wait until the
-            // power-off is complete.
             vm.wait_vm().await?;
+            finish_other(&vm)?;
         } else {
-            match vm.stop_vm(false).await {
+            match vm.stop_vm_then(false, forget).await {
                 Ok(()) => {}
-                // Another StopVM won the race: its power-off completes on its own.
                 Err(HypervisorError::InvalidTransition {
                     state: VmState::Stopped,
                     ..
                 }) => {
                     vm.wait_vm().await?;
+                    finish_other(&vm)?;
                 }
                 Err(e) => return Err(e),
             }
         }
-        // From here on nothing waits: the VM is forgotten and cleaned up together.
-        if self.vm(id).is_none_or(|v| !v.same_vm(&vm)) {
-            // Another StopVM forgot it first.
-            return Err(HypervisorError::NotFound(id.to_string()));
-        }
-        self.forget(id, &vm);
-        vm.remove_dir()?;
         if self.config.record {
             tracing::info!(vm = id, "VM stopped");
         } else {
@@ -277,6 +283,14 @@ impl Fleet {
                 }
             }
         }
+    }
+}
+
+/// Removes `vm` from `vms` as `id`, unless another VM has that id by now.
+fn forget(vms: &Mutex<BTreeMap<String, SimHypervisor>>, id: &str, vm: &SimHypervisor) {
+    let mut vms = vms.lock().unwrap_or_else(|p| p.into_inner());
+    if vms.get(id).is_some_and(|v| v.same_vm(vm)) {
+        vms.remove(id);
     }
 }
 

@@ -564,6 +564,48 @@ impl SimHypervisor {
 }
 
 impl SimHypervisor {
+    /// `StopVM`, then `then` (a fleet forgetting the VM) in the same step.
+    ///
+    /// Cancel safe: dropped while it waits (a delay fault), the VM runs on untouched; once
+    /// the fault hook has let it through, the power-off and `then` run in a task of their own
+    /// that completes even if the caller goes away.
+    pub async fn stop_vm_then<F>(&self, wait_only: bool, then: F) -> Result<()>
+    where
+        F: FnOnce(&SimHypervisor) -> Result<()> + Send + 'static,
+    {
+        let seq = self
+            .enter("StopVM", &[("wait_only", wait_only.to_string())])
+            .await?;
+        let vm = self.clone();
+        let commit = async move {
+            let r = async {
+                {
+                    let m = vm.lock();
+                    Self::require(
+                        &m,
+                        "stop",
+                        &[
+                            VmState::Created,
+                            VmState::Running,
+                            VmState::Paused,
+                            VmState::Saved,
+                        ],
+                    )?;
+                }
+                vm.power_off(0).await;
+                then(&vm)
+            }
+            .await;
+            vm.end(seq, &r);
+            r
+        };
+        match tokio::spawn(commit).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(HypervisorError::Io(format!("stopping: {e}"))),
+        }
+    }
+
     /// The second half of `StartVM`, once booted: binds the guest's server and marks the VM
     /// running (or, stopped meanwhile, closes the server again).
     async fn boot(&self, id: String, agent: Option<SimAgent>) -> Result<()> {
@@ -727,29 +769,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn stop_vm(&self, wait_only: bool) -> Result<()> {
-        let seq = self
-            .enter("StopVM", &[("wait_only", wait_only.to_string())])
-            .await?;
-        let r = async {
-            {
-                let m = self.lock();
-                Self::require(
-                    &m,
-                    "stop",
-                    &[
-                        VmState::Created,
-                        VmState::Running,
-                        VmState::Paused,
-                        VmState::Saved,
-                    ],
-                )?;
-            }
-            self.power_off(0).await;
-            Ok(())
-        }
-        .await;
-        self.end(seq, &r);
-        r
+        self.stop_vm_then(wait_only, |_| Ok(())).await
     }
 
     async fn pause_vm(&self) -> Result<()> {
