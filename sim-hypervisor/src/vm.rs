@@ -576,26 +576,31 @@ impl SimHypervisor {
         let seq = self
             .enter("StopVM", &[("wait_only", wait_only.to_string())])
             .await?;
+        let allowed = {
+            let m = self.lock();
+            Self::require(
+                &m,
+                "stop",
+                &[
+                    VmState::Created,
+                    VmState::Running,
+                    VmState::Paused,
+                    VmState::Saved,
+                ],
+            )
+            .map(drop)
+        };
+        if let Err(e) = allowed {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
         let vm = self.clone();
         let commit = async move {
-            let r = async {
-                {
-                    let m = vm.lock();
-                    Self::require(
-                        &m,
-                        "stop",
-                        &[
-                            VmState::Created,
-                            VmState::Running,
-                            VmState::Paused,
-                            VmState::Saved,
-                        ],
-                    )?;
-                }
-                vm.power_off(0).await;
-                then(&vm)
-            }
-            .await;
+            vm.power_off(0).await;
+            // Powered off by something else meanwhile (the guest died): wait until that is
+            // complete too.
+            let _ = vm.wait_vm().await;
+            let r = then(&vm);
             vm.end(seq, &r);
             r
         };

@@ -235,3 +235,55 @@ fn response_bytes(stream_id: u32, body: &[u8]) -> Vec<u8> {
 pub fn corrupt_frame(stream_id: u32) -> Vec<u8> {
     response_bytes(stream_id, &[0xff_u8; 8])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn header(len: u32, stream_id: u32) -> Vec<u8> {
+        let mut h = len.to_be_bytes().to_vec();
+        h.extend_from_slice(&stream_id.to_be_bytes());
+        h.extend_from_slice(&[TYPE_REQUEST, 0]);
+        h
+    }
+
+    // On the paused clock: a timeout that fires means the reader waits for more bytes.
+    #[tokio::test(start_paused = true)]
+    async fn the_buffer_grows_with_the_bytes_sent_not_the_length_announced() {
+        let (mut peer, mut conn) = tokio::io::duplex(8 << 20);
+        let mut reader = FrameReader::default();
+        assert_eq!(reader.capacity(), 0, "an idle connection holds no buffer");
+        // 4 MiB announced, 100 bytes sent.
+        peer.write_all(&header(MAX_PAYLOAD as u32, 1)).await.unwrap();
+        peer.write_all(&[0x0a; 100]).await.unwrap();
+        let pending = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            reader.next(&mut conn),
+        )
+        .await;
+        assert!(pending.is_err(), "a partial frame is not a frame");
+        assert_eq!(reader.capacity(), READ_BUF);
+        // Half of it: the buffer is about that half, at most twice what was sent.
+        peer.write_all(&vec![0x0a; 1 << 20]).await.unwrap();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            reader.next(&mut conn),
+        )
+        .await;
+        assert!(reader.capacity() >= 1 << 20);
+        assert!(reader.capacity() <= 2 * ((1 << 20) + 100 + HEADER), "{}", reader.capacity());
+        // The rest, then a small frame: the large buffer goes once the frame is taken.
+        peer.write_all(&vec![0x0a; MAX_PAYLOAD - (1 << 20) - 100])
+            .await
+            .unwrap();
+        let big = reader.next(&mut conn).await.unwrap();
+        assert_eq!(big.stream_id, 1);
+        let small = ttrpc::Request::new().write_to_bytes().unwrap();
+        peer.write_all(&header(small.len() as u32, 3)).await.unwrap();
+        peer.write_all(&small).await.unwrap();
+        let next = reader.next(&mut conn).await.unwrap();
+        assert_eq!(next.stream_id, 3);
+        assert_eq!(reader.capacity(), READ_BUF, "the large frame's memory was given back");
+    }
+}
