@@ -55,7 +55,10 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
         }
         p
     }
@@ -72,7 +75,12 @@ fn live() -> isize {
 fn rss() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        * 1024
 }
 
 /// The most an idle or half-sent connection may cost.
@@ -91,7 +99,10 @@ struct LineCounter;
 
 impl std::io::Write for LineCounter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG_LINES.fetch_add(buf.iter().filter(|b| **b == b'\n').count(), Ordering::Relaxed);
+        LOG_LINES.fetch_add(
+            buf.iter().filter(|b| **b == b'\n').count(),
+            Ordering::Relaxed,
+        );
         LOG_BYTES.fetch_add(buf.len(), Ordering::Relaxed);
         Ok(buf.len())
     }
@@ -202,7 +213,11 @@ async fn per_connection_cost(kind: &str) {
     drop(warm);
     settle().await;
     const N: usize = 200;
-    for (what, sent) in [("idle", None), ("half-sent (10 B)", Some(0)), ("half-sent (4 KiB)", Some(4096))] {
+    for (what, sent) in [
+        ("idle", None),
+        ("half-sent (10 B)", Some(0)),
+        ("half-sent (4 KiB)", Some(4096)),
+    ] {
         let base = live();
         let mut conns = Vec::new();
         for _ in 0..N {
@@ -214,7 +229,10 @@ async fn per_connection_cost(kind: &str) {
         }
         settle().await;
         let per = (live() - base) / N as isize;
-        println!("{kind}: an {what} connection costs {} (client side included)", kib(per));
+        println!(
+            "{kind}: an {what} connection costs {} (client side included)",
+            kib(per)
+        );
         assert!(
             per <= PER_CONNECTION,
             "{kind}: an {what} connection costs {}, over {}",
@@ -314,7 +332,12 @@ async fn pipelined_waits() {
     .unwrap();
     let mut frames = Vec::new();
     for i in 0..100_000u32 {
-        frames.extend(request(2 * i + 1, "grpc.AgentService", "WaitProcess", wait.clone()));
+        frames.extend(request(
+            2 * i + 1,
+            "grpc.AgentService",
+            "WaitProcess",
+            wait.clone(),
+        ));
     }
     let frames_len = frames.len() as isize;
     let stream = UnixStream::connect(&path).await.unwrap();
@@ -362,9 +385,8 @@ fn open_fds() -> usize {
 
 fn cpu_time() -> Duration {
     let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
-    let t = |tv: nix::sys::time::TimeVal| {
-        Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000)
-    };
+    let t =
+        |tv: nix::sys::time::TimeVal| Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000);
     t(u.user_time()) + t(u.system_time())
 }
 
@@ -417,7 +439,10 @@ async fn fd_exhaustion() {
         (2..=4).contains(&lines),
         "{lines} log lines in {wall:?}: each listener must say it once"
     );
-    assert!(cpu < wall / 4, "the accept loops spin: {cpu:?} of CPU in {wall:?}");
+    assert!(
+        cpu < wall / 4,
+        "the accept loops spin: {cpu:?} of CPU in {wall:?}"
+    );
     // Descriptors free up: the connections waiting in the backlog are served.
     drop(filler);
     let limit = Duration::from_secs(5);
@@ -446,15 +471,21 @@ fn main() {
         .init();
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let tests: [(&str, fn()); 6] = [
-        ("agent_per_connection_cost", || runtime(true).block_on(per_connection_cost("agent"))),
+        ("agent_per_connection_cost", || {
+            runtime(true).block_on(per_connection_cost("agent"))
+        }),
         ("hypervisor_per_connection_cost", || {
             runtime(true).block_on(per_connection_cost("hypervisor"))
         }),
-        ("agent_thousand_closes", || runtime(true).block_on(thousand_closes("agent"))),
+        ("agent_thousand_closes", || {
+            runtime(true).block_on(thousand_closes("agent"))
+        }),
         ("hypervisor_thousand_closes", || {
             runtime(true).block_on(thousand_closes("hypervisor"))
         }),
-        ("agent_pipelined_waits", || runtime(true).block_on(pipelined_waits())),
+        ("agent_pipelined_waits", || {
+            runtime(true).block_on(pipelined_waits())
+        }),
         ("fd_exhaustion", || runtime(false).block_on(fd_exhaustion())),
     ];
     let mut ran = 0;

@@ -306,7 +306,8 @@ impl AcceptBackoff {
 }
 
 /// A generated method table by service name, then method name.
-type Methods = BTreeMap<String, BTreeMap<String, Box<dyn ttrpc::r#async::MethodHandler + Send + Sync>>>;
+type Methods =
+    BTreeMap<String, BTreeMap<String, Box<dyn ttrpc::r#async::MethodHandler + Send + Sync>>>;
 
 /// Dispatches to a generated method table with ttrpc-rust's server semantics.
 struct TableDispatch {
@@ -368,12 +369,12 @@ pub struct TtrpcServer {
 
 impl TtrpcServer {
     /// Serves `services` on `listener` (named `name` in logs) until [`TtrpcServer::shutdown`].
+    #[allow(clippy::disallowed_types)] // ttrpc's API hands its table over as a HashMap
     pub fn serve(
         name: String,
         listener: tokio::net::UnixListener,
         services: std::collections::HashMap<String, ttrpc::r#async::Service>,
     ) -> Self {
-        #[allow(clippy::disallowed_types)] // ttrpc's API hands its table over as a HashMap
         let methods: Methods = services
             .into_iter()
             .map(|(name, svc)| (name, svc.methods.into_iter().collect()))

@@ -42,7 +42,10 @@ const HEADER: usize = 10;
 /// that [`FrameReader::next`] is cancel safe: a `select!` that drops it mid-frame (another
 /// branch won) loses nothing, and the next call resumes where this one stopped. Small frames
 /// usually arrive whole in one read.
-#[derive(Debug)]
+///
+/// The default one holds no memory until the first byte arrives: an idle connection costs
+/// no buffer.
+#[derive(Debug, Default)]
 pub struct FrameReader {
     buf: Vec<u8>,
     /// The unconsumed bytes are `buf[lo..hi]`.
@@ -56,19 +59,6 @@ pub struct FrameReader {
 
 /// The buffer a connection takes at its first byte (and returns to after a large frame).
 pub const READ_BUF: usize = 8 << 10;
-
-impl Default for FrameReader {
-    fn default() -> Self {
-        // No memory until the first byte arrives: an idle connection holds no buffer.
-        FrameReader {
-            buf: Vec::new(),
-            lo: 0,
-            hi: 0,
-            skip: 0,
-            oversized: None,
-        }
-    }
-}
 
 impl FrameReader {
     /// Reads the next request frame. Non-request frames are skipped (ttrpc ignores them).
@@ -255,24 +245,25 @@ mod tests {
         let mut reader = FrameReader::default();
         assert_eq!(reader.capacity(), 0, "an idle connection holds no buffer");
         // 4 MiB announced, 100 bytes sent.
-        peer.write_all(&header(MAX_PAYLOAD as u32, 1)).await.unwrap();
+        peer.write_all(&header(MAX_PAYLOAD as u32, 1))
+            .await
+            .unwrap();
         peer.write_all(&[0x0a; 100]).await.unwrap();
-        let pending = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            reader.next(&mut conn),
-        )
-        .await;
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(50), reader.next(&mut conn))
+                .await;
         assert!(pending.is_err(), "a partial frame is not a frame");
         assert_eq!(reader.capacity(), READ_BUF);
         // Half of it: the buffer is about that half, at most twice what was sent.
         peer.write_all(&vec![0x0a; 1 << 20]).await.unwrap();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            reader.next(&mut conn),
-        )
-        .await;
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), reader.next(&mut conn))
+            .await;
         assert!(reader.capacity() >= 1 << 20);
-        assert!(reader.capacity() <= 2 * ((1 << 20) + 100 + HEADER), "{}", reader.capacity());
+        assert!(
+            reader.capacity() <= 2 * ((1 << 20) + 100 + HEADER),
+            "{}",
+            reader.capacity()
+        );
         // The rest, then a small frame: the large buffer goes once the frame is taken.
         peer.write_all(&vec![0x0a; MAX_PAYLOAD - (1 << 20) - 100])
             .await
@@ -280,10 +271,16 @@ mod tests {
         let big = reader.next(&mut conn).await.unwrap();
         assert_eq!(big.stream_id, 1);
         let small = ttrpc::Request::new().write_to_bytes().unwrap();
-        peer.write_all(&header(small.len() as u32, 3)).await.unwrap();
+        peer.write_all(&header(small.len() as u32, 3))
+            .await
+            .unwrap();
         peer.write_all(&small).await.unwrap();
         let next = reader.next(&mut conn).await.unwrap();
         assert_eq!(next.stream_id, 3);
-        assert_eq!(reader.capacity(), READ_BUF, "the large frame's memory was given back");
+        assert_eq!(
+            reader.capacity(),
+            READ_BUF,
+            "the large frame's memory was given back"
+        );
     }
 }
