@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use sim_agent::Trace;
 use sim_agent::fault::FaultEngine;
+use sim_agent::server::TtrpcServer;
 use tokio::sync::watch;
 use ttrpc::r#async::TtrpcContext;
 
@@ -66,7 +67,7 @@ impl FleetConfig {
 #[derive(Debug)]
 pub struct Fleet {
     config: FleetConfig,
-    vms: Mutex<BTreeMap<String, SimHypervisor>>,
+    vms: Arc<Mutex<BTreeMap<String, SimHypervisor>>>,
     trace: Trace,
 }
 
@@ -92,7 +93,7 @@ impl Fleet {
         config.vm.faults = Some(Arc::new(config.faults.clone()));
         Ok(Fleet {
             config,
-            vms: Mutex::new(BTreeMap::new()),
+            vms: Arc::default(),
             trace: Trace::default(),
         })
     }
@@ -170,6 +171,14 @@ impl Fleet {
             vms.insert(id.to_string(), vm.clone());
             vm
         };
+        // Until it is disarmed, the id's entry and whatever the VM created are taken back
+        // when this future ends, however it ends: a failure, or a caller that went away while
+        // the creation waited (a delay fault).
+        let reservation = Reservation {
+            fleet: self,
+            id,
+            vm: vm.clone(),
+        };
         let network = Network {
             netns_path: netns.to_string(),
         };
@@ -180,17 +189,20 @@ impl Fleet {
         .await;
         match created {
             Ok(AgentSocket::Remote { path }) => {
+                std::mem::forget(reservation);
                 tracing::info!(vm = id, netns, socket = %path.display(), "VM created");
                 Ok(path)
             }
             Ok(other) => Err(HypervisorError::Invalid(format!(
                 "a remote VM needs a remote socket, not {other:?}"
             ))),
-            Err(e) => {
-                self.lock().remove(id);
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
+    }
+
+    /// Forgets `vm` as `id`, unless the fleet has another VM by that id by now.
+    fn forget(&self, id: &str, vm: &SimHypervisor) {
+        forget(&self.vms, id, vm);
     }
 
     /// `StartVM`: boots the VM; its agent then answers on the socket.
@@ -204,15 +216,48 @@ impl Fleet {
     }
 
     /// `StopVM`: powers the VM off, removes its sockets and forgets it.
+    ///
+    /// Cancel safe: dropped while it waits (a delay fault), the VM runs on, still in the
+    /// fleet; once the fault hook lets it through, the power-off, forgetting the VM and
+    /// removing its directory complete in a task of their own. A StopVM that fails leaves
+    /// the VM in the fleet (a later StopVM or the shutdown stops it).
     pub async fn stop_vm(&self, id: &str) -> Result<()> {
         let vm = self
-            .lock()
-            .remove(id)
+            .vm(id)
             .ok_or_else(|| HypervisorError::NotFound(id.to_string()))?;
-        if vm.state() != Some(VmState::Stopped) {
-            vm.stop_vm(false).await?;
+        let vms = Arc::clone(&self.vms);
+        let owned = id.to_string();
+        // Forgetting the VM and removing its directory belong to the power-off: they run in
+        // its task, so a caller that goes away after the fault hook let StopVM through
+        // changes nothing about the outcome.
+        let forget = move |vm: &SimHypervisor| {
+            forget(&vms, &owned, vm);
+            vm.remove_dir()
+        };
+        let finish_other = |vm: &SimHypervisor| {
+            // Another StopVM (or a death) powered it off: forget it once that is complete.
+            if self.vm(id).is_none_or(|v| !v.same_vm(vm)) {
+                return Err(HypervisorError::NotFound(id.to_string()));
+            }
+            self.forget(id, vm);
+            vm.remove_dir()
+        };
+        if vm.state() == Some(VmState::Stopped) {
+            vm.wait_vm().await?;
+            finish_other(&vm)?;
+        } else {
+            match vm.stop_vm_then(false, forget).await {
+                Ok(()) => {}
+                Err(HypervisorError::InvalidTransition {
+                    state: VmState::Stopped,
+                    ..
+                }) => {
+                    vm.wait_vm().await?;
+                    finish_other(&vm)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        vm.cleanup().await?;
         if self.config.record {
             tracing::info!(vm = id, "VM stopped");
         } else {
@@ -230,9 +275,37 @@ impl Fleet {
     pub async fn shutdown(&self) {
         for id in self.ids() {
             if let Err(e) = self.stop_vm(&id).await {
-                tracing::warn!(vm = id, error = %e, "stopping VM on shutdown");
+                // A fault made StopVM fail: the shutdown takes the VM down all the same.
+                tracing::warn!(vm = id, error = %e, "stopping VM on shutdown; forcing it");
+                if let Some(vm) = self.vm(&id) {
+                    self.forget(&id, &vm);
+                    vm.abandon_and_wait().await;
+                }
             }
         }
+    }
+}
+
+/// Removes `vm` from `vms` as `id`, unless another VM has that id by now.
+fn forget(vms: &Mutex<BTreeMap<String, SimHypervisor>>, id: &str, vm: &SimHypervisor) {
+    let mut vms = vms.lock().unwrap_or_else(|p| p.into_inner());
+    if vms.get(id).is_some_and(|v| v.same_vm(vm)) {
+        vms.remove(id);
+    }
+}
+
+/// A VM entry a `CreateVM` has reserved; dropped before it is disarmed (`mem::forget`), it
+/// removes the entry and tears down what the VM created.
+struct Reservation<'a> {
+    fleet: &'a Fleet,
+    id: &'a str,
+    vm: SimHypervisor,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.fleet.forget(self.id, &self.vm);
+        self.vm.abandon();
     }
 }
 
@@ -303,7 +376,7 @@ impl remote_ttrpc::Hypervisor for Service {
 
 /// A running remote-hypervisor service on a unix socket.
 pub struct RemoteHypervisorServer {
-    server: ttrpc::r#async::Server,
+    server: TtrpcServer,
     socket: PathBuf,
     /// The socket file's (device, inode): removed on shutdown only if it is still ours.
     identity: Option<(u64, u64)>,
@@ -359,13 +432,13 @@ impl RemoteHypervisorServer {
         let service = Arc::new(Service {
             fleet: Arc::clone(&fleet),
         });
-        let mut server = ttrpc::r#async::Server::new()
-            .add_listener(listener.into())
-            .register_service(remote_ttrpc::create_hypervisor(service));
-        server
-            .start()
-            .await
-            .map_err(|e| HypervisorError::Io(e.to_string()))?;
+        // kata-sim's own bounded connection loop, not ttrpc-rust's server: a connection costs
+        // what its peer sent, its calls in flight are bounded, and a failing accept backs off.
+        let server = TtrpcServer::serve(
+            socket.display().to_string(),
+            listener,
+            remote_ttrpc::create_hypervisor(service),
+        );
         tracing::info!(socket = %socket.display(), state_dir = %fleet.state_dir().display(), "remote hypervisor listening");
         Ok(RemoteHypervisorServer {
             server,
@@ -386,10 +459,8 @@ impl RemoteHypervisorServer {
     }
 
     /// Stops serving, stops every VM (removing their sockets) and removes the socket.
-    pub async fn shutdown(mut self) {
-        if let Err(e) = self.server.shutdown().await {
-            tracing::warn!(error = %e, "stopping the hypervisor server");
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
         self.fleet.shutdown().await;
         // A server started since on the same path owns the file now.
         if self.identity.is_some() && file_identity(&self.socket) == self.identity {

@@ -331,11 +331,32 @@ impl SimHypervisor {
     }
 
     /// Takes the VM down: the guest dies, its server closes and its socket goes away.
+    ///
+    /// Cancel safe: once the state says stopped, the rest (closing the server, removing its
+    /// socket, the exit code [`Hypervisor::wait_vm`] returns) runs in a task of its own that
+    /// completes even if the caller goes away.
     async fn power_off(&self, code: i32) {
+        if let Some(finish) = self.begin_power_off(code) {
+            // A JoinError is a panic in the server's shutdown (or the runtime going away).
+            if let Err(e) = tokio::spawn(finish).await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+
+    /// Marks the VM stopped and kills its guest at once; returns what is left to do (closing
+    /// its server, then the exit code), or `None` when it was done at once or there was no
+    /// running VM.
+    fn begin_power_off(
+        &self,
+        code: i32,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let (agent, server) = {
             let mut m = self.lock();
             if m.state == Some(VmState::Stopped) || m.state.is_none() {
-                return;
+                return None;
             }
             m.state = Some(VmState::Stopped);
             (m.agent.clone(), m.server.take())
@@ -343,10 +364,77 @@ impl SimHypervisor {
         if let Some(a) = agent {
             a.kill();
         }
-        if let Some(s) = server {
-            s.shutdown().await;
+        let Some(server) = server else {
+            self.inner.exit.send_replace(Some(code));
+            return None;
+        };
+        let exit = self.inner.exit.clone();
+        Some(async move {
+            server.shutdown().await;
+            exit.send_replace(Some(code));
+        })
+    }
+
+    /// Whether `other` is this very VM (not a clone of its settings).
+    pub fn same_vm(&self, other: &SimHypervisor) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Removes the VM's directory (its sockets' home) once it is stopped.
+    pub(crate) fn remove_dir(&self) -> Result<()> {
+        let id = {
+            let m = self.lock();
+            match m.state {
+                None => return Ok(()),
+                Some(VmState::Stopped) => m.id.clone().unwrap_or_default(),
+                Some(s) => {
+                    return Err(HypervisorError::InvalidTransition {
+                        op: "clean up",
+                        state: s,
+                    });
+                }
+            }
+        };
+        if id.is_empty() {
+            return Ok(());
         }
-        self.inner.exit.send_replace(Some(code));
+        match std::fs::remove_dir_all(self.vm_dir(&id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes the VM down and removes its directory without consulting the fault hook or the
+    /// trace: for an operation rolled back (a `CreateVM` whose caller went away) or a forced
+    /// shutdown. Synchronous; a server still to close closes in a task of its own, which
+    /// removes the directory after it.
+    pub(crate) fn abandon(&self) {
+        match self.begin_power_off(0) {
+            Some(finish) => {
+                let vm = self.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        finish.await;
+                        if let Err(e) = vm.remove_dir() {
+                            tracing::warn!(error = %e, "removing an abandoned VM's directory");
+                        }
+                    });
+                }
+            }
+            None => {
+                if let Err(e) = self.remove_dir() {
+                    tracing::warn!(error = %e, "removing an abandoned VM's directory");
+                }
+            }
+        }
+    }
+
+    /// [`SimHypervisor::abandon`], waiting until the VM is down and its directory gone.
+    pub(crate) async fn abandon_and_wait(&self) {
+        self.power_off(0).await;
+        if let Err(e) = self.remove_dir() {
+            tracing::warn!(error = %e, "removing a VM's directory");
+        }
     }
 
     fn socket_for(&self, id: &str) -> AgentSocket {
@@ -475,6 +563,111 @@ impl SimHypervisor {
     }
 }
 
+impl SimHypervisor {
+    /// `StopVM`, then `then` (a fleet forgetting the VM) in the same step.
+    ///
+    /// Cancel safe: dropped while it waits (a delay fault), the VM runs on untouched; once
+    /// the fault hook has let it through, the power-off and `then` run in a task of their own
+    /// that completes even if the caller goes away.
+    pub async fn stop_vm_then<F>(&self, wait_only: bool, then: F) -> Result<()>
+    where
+        F: FnOnce(&SimHypervisor) -> Result<()> + Send + 'static,
+    {
+        let seq = self
+            .enter("StopVM", &[("wait_only", wait_only.to_string())])
+            .await?;
+        let allowed = {
+            let m = self.lock();
+            Self::require(
+                &m,
+                "stop",
+                &[
+                    VmState::Created,
+                    VmState::Running,
+                    VmState::Paused,
+                    VmState::Saved,
+                ],
+            )
+            .map(drop)
+        };
+        if let Err(e) = allowed {
+            self.end(seq, &Err::<(), _>(e.clone()));
+            return Err(e);
+        }
+        let vm = self.clone();
+        let commit = async move {
+            vm.power_off(0).await;
+            // Powered off by something else meanwhile (the guest died): wait until that is
+            // complete too.
+            let _ = vm.wait_vm().await;
+            let r = then(&vm);
+            vm.end(seq, &r);
+            r
+        };
+        match tokio::spawn(commit).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(HypervisorError::Io(format!("stopping: {e}"))),
+        }
+    }
+
+    /// The second half of `StartVM`, once booted: binds the guest's server and marks the VM
+    /// running (or, stopped meanwhile, closes the server again).
+    async fn boot(&self, id: String, agent: Option<SimAgent>) -> Result<()> {
+        let socket = {
+            let mut m = self.lock();
+            // Stopped (or killed) while booting.
+            Self::require(&m, "start", &[VmState::Created])?;
+            match &m.socket {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self.socket_for(&id);
+                    m.socket = Some(s.clone());
+                    s
+                }
+            }
+        };
+        if let Some(file) = socket.file() {
+            let dir = file.parent().unwrap_or(Path::new("/"));
+            std::fs::create_dir_all(dir).map_err(|e| {
+                HypervisorError::Io(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let agent = agent.ok_or_else(|| HypervisorError::NotRunning(id.clone()))?;
+        let server = AgentServer::bind(agent, &[socket.url()])
+            .await
+            .map_err(|e| HypervisorError::Agent(e.to_string()))?;
+        // Stopped while the server was binding: it must not outlive the VM.
+        let server = {
+            let mut m = self.lock();
+            if m.state == Some(VmState::Created) {
+                m.server = Some(server);
+                m.state = Some(VmState::Running);
+                None
+            } else {
+                Some(server)
+            }
+        };
+        match server {
+            None => {
+                // A guest that dies (kill_guest) takes its VM down with it.
+                if let Some(agent) = self.agent() {
+                    let vm = self.clone();
+                    tokio::spawn(async move {
+                        agent.died().await;
+                        vm.power_off(KILLED_EXIT_CODE).await;
+                    });
+                }
+                Ok(())
+            }
+            Some(s) => {
+                s.shutdown().await;
+                Err(HypervisorError::NotRunning(id))
+            }
+        }
+    }
+}
+
 fn parse_slot(path: &str) -> Option<u32> {
     u32::from_str_radix(path.rsplit('/').next()?, 16).ok()
 }
@@ -566,56 +759,13 @@ impl Hypervisor for SimHypervisor {
             if !boot.is_zero() {
                 tokio::time::sleep(boot).await;
             }
-            let socket = {
-                let mut m = self.lock();
-                // Stopped (or killed) while booting.
-                Self::require(&m, "start", &[VmState::Created])?;
-                match &m.socket {
-                    Some(s) => s.clone(),
-                    None => {
-                        let s = self.socket_for(&id);
-                        m.socket = Some(s.clone());
-                        s
-                    }
-                }
-            };
-            if let Some(file) = socket.file() {
-                let dir = file.parent().unwrap_or(Path::new("/"));
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    HypervisorError::Io(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-            let agent = agent.ok_or_else(|| HypervisorError::NotRunning(id.clone()))?;
-            let server = AgentServer::bind(agent, &[socket.url()])
-                .await
-                .map_err(|e| HypervisorError::Agent(e.to_string()))?;
-            // Stopped while the server was binding: it must not outlive the VM.
-            let server = {
-                let mut m = self.lock();
-                if m.state == Some(VmState::Created) {
-                    m.server = Some(server);
-                    m.state = Some(VmState::Running);
-                    None
-                } else {
-                    Some(server)
-                }
-            };
-            match server {
-                None => {
-                    // A guest that dies (kill_guest) takes its VM down with it.
-                    if let Some(agent) = self.agent() {
-                        let vm = self.clone();
-                        tokio::spawn(async move {
-                            agent.died().await;
-                            vm.power_off(KILLED_EXIT_CODE).await;
-                        });
-                    }
-                    Ok(())
-                }
-                Some(s) => {
-                    s.shutdown().await;
-                    Err(HypervisorError::NotRunning(id))
-                }
+            // Booted: binding the guest's server and marking the VM running must complete
+            // together even if the caller goes away now, so they run in a task of their own.
+            let vm = self.clone();
+            match tokio::spawn(async move { vm.boot(id, agent).await }).await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(HypervisorError::Io(format!("booting: {e}"))),
             }
         }
         .await;
@@ -624,29 +774,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn stop_vm(&self, wait_only: bool) -> Result<()> {
-        let seq = self
-            .enter("StopVM", &[("wait_only", wait_only.to_string())])
-            .await?;
-        let r = async {
-            {
-                let m = self.lock();
-                Self::require(
-                    &m,
-                    "stop",
-                    &[
-                        VmState::Created,
-                        VmState::Running,
-                        VmState::Paused,
-                        VmState::Saved,
-                    ],
-                )?;
-            }
-            self.power_off(0).await;
-            Ok(())
-        }
-        .await;
-        self.end(seq, &r);
-        r
+        self.stop_vm_then(wait_only, |_| Ok(())).await
     }
 
     async fn pause_vm(&self) -> Result<()> {
@@ -899,23 +1027,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn cleanup(&self) -> Result<()> {
-        let id = {
-            let m = self.lock();
-            match m.state {
-                None => return Ok(()),
-                Some(VmState::Stopped) => m.id.clone().unwrap_or_default(),
-                Some(s) => {
-                    return Err(HypervisorError::InvalidTransition {
-                        op: "clean up",
-                        state: s,
-                    });
-                }
-            }
-        };
-        match std::fs::remove_dir_all(self.vm_dir(&id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(e)),
-            _ => Ok(()),
-        }
+        self.remove_dir()
     }
 
     async fn set_config(&self, config: HypervisorConfig) -> Result<()> {

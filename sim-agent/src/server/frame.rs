@@ -42,7 +42,10 @@ const HEADER: usize = 10;
 /// that [`FrameReader::next`] is cancel safe: a `select!` that drops it mid-frame (another
 /// branch won) loses nothing, and the next call resumes where this one stopped. Small frames
 /// usually arrive whole in one read.
-#[derive(Debug)]
+///
+/// The default one holds no memory until the first byte arrives: an idle connection costs
+/// no buffer.
+#[derive(Debug, Default)]
 pub struct FrameReader {
     buf: Vec<u8>,
     /// The unconsumed bytes are `buf[lo..hi]`.
@@ -54,20 +57,8 @@ pub struct FrameReader {
     oversized: Option<(u32, usize)>,
 }
 
-/// The buffer a connection starts with (and returns to after a large frame).
-const READ_BUF: usize = 8 << 10;
-
-impl Default for FrameReader {
-    fn default() -> Self {
-        FrameReader {
-            buf: vec![0; READ_BUF],
-            lo: 0,
-            hi: 0,
-            skip: 0,
-            oversized: None,
-        }
-    }
-}
+/// The buffer a connection takes at its first byte (and returns to after a large frame).
+pub const READ_BUF: usize = 8 << 10;
 
 impl FrameReader {
     /// Reads the next request frame. Non-request frames are skipped (ttrpc ignores them).
@@ -136,19 +127,34 @@ impl FrameReader {
         }
     }
 
+    /// How many bytes the buffer holds (for tests of its growth).
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
     /// One read into the buffer (cancel safe: the bytes count only once the read returns).
+    ///
+    /// The buffer grows as bytes arrive, never from what a header announces: it at most
+    /// doubles when it is full of bytes the peer actually sent, so a peer that announces
+    /// 4 MiB and sends 10 bytes costs [`READ_BUF`], and one that sends half of a large frame
+    /// costs about that half. Once a large frame is consumed the buffer shrinks back.
     async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<()> {
         if self.lo == self.hi {
             self.lo = 0;
             self.hi = 0;
-            if self.buf.len() > READ_BUF && self.skip == 0 {
-                // A large frame is done: give its memory back.
-                self.buf = vec![0; READ_BUF];
-            }
         }
-        // Room for the whole frame being read (its header says how long it is).
-        let pending = &self.buf[self.lo..self.hi];
-        let want = match pending.get(..4) {
+        let pending = self.hi - self.lo;
+        if self.buf.len() > READ_BUF && pending <= READ_BUF / 2 && self.skip == 0 {
+            // A large frame is done: give its memory back, keeping what follows it.
+            let mut small = vec![0; READ_BUF];
+            small[..pending].copy_from_slice(&self.buf[self.lo..self.hi]);
+            self.buf = small;
+            self.lo = 0;
+            self.hi = pending;
+        }
+        // The frame being read: how many bytes it needs in all (its header says).
+        let want = match self.buf[self.lo..self.hi].get(..4) {
             Some(len) if self.skip == 0 => {
                 let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
                 // An oversized frame is skipped, never buffered.
@@ -156,17 +162,17 @@ impl FrameReader {
             }
             _ => HEADER,
         };
-        if self.lo + want > self.buf.len() {
+        if self.hi == self.buf.len() || self.lo + want > self.buf.len() {
+            // Move the pending bytes to the front before growing or reading on.
             self.buf.copy_within(self.lo..self.hi, 0);
-            self.hi -= self.lo;
+            self.hi = pending;
             self.lo = 0;
-            if want > self.buf.len() {
-                self.buf.resize(want, 0);
-            }
-        } else if self.hi == self.buf.len() {
-            self.buf.copy_within(self.lo..self.hi, 0);
-            self.hi -= self.lo;
-            self.lo = 0;
+        }
+        if self.hi == self.buf.len() {
+            // Full of received bytes: grow, at most doubling, never past the frame.
+            let grown = (self.buf.len() * 2).max(READ_BUF).min(want.max(READ_BUF));
+            let grown = grown.max(self.hi + 1);
+            self.buf.resize(grown, 0);
         }
         let n = r.read(&mut self.buf[self.hi..]).await?;
         if n == 0 {
@@ -218,4 +224,63 @@ fn response_bytes(stream_id: u32, body: &[u8]) -> Vec<u8> {
 /// is well formed, so the client reads it whole and fails to decode it.
 pub fn corrupt_frame(stream_id: u32) -> Vec<u8> {
     response_bytes(stream_id, &[0xff_u8; 8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn header(len: u32, stream_id: u32) -> Vec<u8> {
+        let mut h = len.to_be_bytes().to_vec();
+        h.extend_from_slice(&stream_id.to_be_bytes());
+        h.extend_from_slice(&[TYPE_REQUEST, 0]);
+        h
+    }
+
+    // On the paused clock: a timeout that fires means the reader waits for more bytes.
+    #[tokio::test(start_paused = true)]
+    async fn the_buffer_grows_with_the_bytes_sent_not_the_length_announced() {
+        let (mut peer, mut conn) = tokio::io::duplex(8 << 20);
+        let mut reader = FrameReader::default();
+        assert_eq!(reader.capacity(), 0, "an idle connection holds no buffer");
+        // 4 MiB announced, 100 bytes sent.
+        peer.write_all(&header(MAX_PAYLOAD as u32, 1))
+            .await
+            .unwrap();
+        peer.write_all(&[0x0a; 100]).await.unwrap();
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(50), reader.next(&mut conn))
+                .await;
+        assert!(pending.is_err(), "a partial frame is not a frame");
+        assert_eq!(reader.capacity(), READ_BUF);
+        // Half of it: the buffer is about that half, at most twice what was sent.
+        peer.write_all(&vec![0x0a; 1 << 20]).await.unwrap();
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), reader.next(&mut conn))
+            .await;
+        assert!(reader.capacity() >= 1 << 20);
+        assert!(
+            reader.capacity() <= 2 * ((1 << 20) + 100 + HEADER),
+            "{}",
+            reader.capacity()
+        );
+        // The rest, then a small frame: the large buffer goes once the frame is taken.
+        peer.write_all(&vec![0x0a; MAX_PAYLOAD - (1 << 20) - 100])
+            .await
+            .unwrap();
+        let big = reader.next(&mut conn).await.unwrap();
+        assert_eq!(big.stream_id, 1);
+        let small = ttrpc::Request::new().write_to_bytes().unwrap();
+        peer.write_all(&header(small.len() as u32, 3))
+            .await
+            .unwrap();
+        peer.write_all(&small).await.unwrap();
+        let next = reader.next(&mut conn).await.unwrap();
+        assert_eq!(next.stream_id, 3);
+        assert_eq!(
+            reader.capacity(),
+            READ_BUF,
+            "the large frame's memory was given back"
+        );
+    }
 }

@@ -8,30 +8,26 @@
 //! or closes only its own connection. When the client goes away its pending calls are
 //! cancelled, so nothing leaks.
 
+pub mod conn;
 mod frame;
 mod service;
 pub mod transport;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
-use futures::FutureExt as _;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use ttrpc::Code;
 
-use std::cell::Cell;
-
 use crate::fault::{TRANSPORT, TransportFault};
 use crate::sim::SimAgent;
-use frame::{Frame, FrameError, FrameReader, response_frame};
+use conn::{AcceptBackoff, Dispatch, Outcome, Stop};
+pub use conn::{MAX_IN_FLIGHT, TtrpcServer};
 use transport::{AGENT_PORT, Bound, LOG_PORT, accept_handshake, bind};
 pub use transport::{AgentAddr, BoxConn};
 
@@ -50,17 +46,6 @@ pub enum ServerError {
         source: std::io::Error,
     },
 }
-
-/// How long a connection waits for its in-flight calls to answer once the agent ended its
-/// service (DestroySandbox), before it closes anyway.
-const TERMINATION_GRACE: Duration = Duration::from_secs(1);
-
-/// How long a connection stays open after its last answer once the agent ended its service,
-/// unless the peer hangs up first. The real agent exits a fraction of a millisecond after its
-/// DestroySandbox reply; closing in the same instant instead loses that reply in ttrpc-rust
-/// 0.9's client (runtime-rs), whose reader fails every pending call on EOF before a task it
-/// spawned has delivered the answer that arrived just before.
-const TERMINATION_LINGER: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -205,7 +190,19 @@ impl AgentServer {
         self.addrs.push(addr.clone());
         self.tasks.spawn(async move {
             let mut conns = JoinSet::new();
+            let mut backoff = AcceptBackoff::default();
+            let mut pause = None;
             loop {
+                if let Some(delay) = pause.take() {
+                    // Out of descriptors (or memory): wait before accepting again, or until
+                    // one of our connections closes and frees one.
+                    tokio::select! {
+                        _ = shutdown.changed() => break,
+                        Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
                 tokio::select! {
                     _ = shutdown.changed() => break,
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -213,14 +210,18 @@ impl AgentServer {
                         Ok(conn) if ctx.agent.is_terminated() || ctx.agent.is_dead() => {
                             // The agent process has exited (or its VM died): nothing serves
                             // this connection.
+                            backoff.succeeded();
                             drop(conn);
                         }
-                        Ok(conn) if hybrid => { conns.spawn(hybrid_connection(ctx.clone(), conn)); }
-                        Ok(conn) => { conns.spawn(run_connection(ctx.clone(), conn)); }
-                        Err(e) => {
-                            tracing::warn!(%addr, error = %e, "accept failed");
-                            tokio::task::yield_now().await;
+                        Ok(conn) if hybrid => {
+                            backoff.succeeded();
+                            conns.spawn(hybrid_connection(ctx.clone(), conn));
                         }
+                        Ok(conn) => {
+                            backoff.succeeded();
+                            conns.spawn(run_connection(ctx.clone(), conn));
+                        }
+                        Err(e) => pause = Some(backoff.failed(&addr, &e)),
                     }
                 }
             }
@@ -258,25 +259,7 @@ async fn hybrid_connection(ctx: ConnCtx, mut conn: BoxConn) {
     }
 }
 
-/// What one call produced for its stream.
-enum Outcome {
-    /// Write this frame.
-    Frame(Vec<u8>),
-    /// The `drop` fault: close the connection instead of answering.
-    Drop,
-}
-
-/// Why a connection stops serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    /// The server shuts down, the connection was closed on purpose, or the guest died or
-    /// restarted: close now, abandoning calls in flight.
-    Reset,
-    /// The agent ended its service (DestroySandbox): answer the calls in flight, then close.
-    Graceful,
-}
-
-/// Resolves with the first reason for `conn` to stop.
+/// Resolves with the first reason for a connection to stop.
 async fn stop_signal(
     mut shutdown: watch::Receiver<bool>,
     mut kill: watch::Receiver<bool>,
@@ -292,31 +275,7 @@ async fn stop_signal(
     }
 }
 
-/// Writes one frame unless a reset comes first; a graceful stop lets it finish. Returns
-/// whether the connection can go on.
-async fn write_frame(
-    conn: &mut BoxConn,
-    bytes: &[u8],
-    stop: &mut Pin<&mut futures::future::Fuse<impl Future<Output = Stop>>>,
-    why: &mut Option<Stop>,
-) -> bool {
-    let write = conn.write_all(bytes);
-    tokio::pin!(write);
-    loop {
-        tokio::select! {
-            biased;
-            r = &mut write => return r.is_ok() && why.is_none(),
-            w = stop.as_mut() => {
-                *why = Some(w);
-                if w == Stop::Reset {
-                    return false;
-                }
-            }
-        }
-    }
-}
-
-async fn run_connection(ctx: ConnCtx, mut conn: BoxConn) {
+async fn run_connection(ctx: ConnCtx, conn: BoxConn) {
     let id = ctx.shared.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
     let (kill_tx, kill) = watch::channel(false);
     ctx.shared
@@ -325,62 +284,11 @@ async fn run_connection(ctx: ConnCtx, mut conn: BoxConn) {
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, kill_tx);
     tracing::debug!(conn = id, "connection opened");
-
-    // Calls that had to wait run as their own tasks and send their outcome back here; the
-    // connection's task does every read and every write.
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
-    let mut handlers = JoinSet::new();
-    let mut reader = FrameReader::default();
-    let stop = stop_signal(ctx.shutdown.clone(), kill, ctx.agent.clone()).fuse();
-    tokio::pin!(stop);
-    let mut why = None;
-    loop {
-        let outcome = tokio::select! {
-            biased;
-            w = &mut stop => { why = Some(w); break; }
-            Some(o) = done_rx.recv() => o,
-            Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
-            // Cancel safe: a frame half read when another branch wins stays in the reader.
-            frame = reader.next(&mut conn) => match frame {
-                Ok(frame) => match dispatch(&ctx, id, frame, &done_tx, &mut handlers).await {
-                    Some(o) => o,
-                    None => continue,
-                },
-                Err(FrameError::Answer { stream_id, status }) => {
-                    Outcome::Frame(response_frame(stream_id, &status, Vec::new()))
-                }
-                Err(FrameError::Closed(e)) => {
-                    tracing::debug!(conn = id, error = %e, "connection closed by peer");
-                    break;
-                }
-            }
-        };
-        match outcome {
-            Outcome::Frame(bytes) => {
-                if !write_frame(&mut conn, &bytes, &mut stop, &mut why).await {
-                    break;
-                }
-            }
-            Outcome::Drop => break,
-        }
-    }
-    if why == Some(Stop::Graceful) {
-        // Let the calls in flight answer (GetOOMEvent fails, waits return) before closing.
-        drop(done_tx);
-        let _ = tokio::time::timeout(TERMINATION_GRACE, async {
-            while let Some(Outcome::Frame(bytes)) = done_rx.recv().await {
-                if conn.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-        })
-        .await;
-        // The answers are written; give the client time to take them before the close.
-        // Anything it still sends meets a closing agent, as it would on a real guest.
-        let _ = tokio::time::timeout(TERMINATION_LINGER, reader.next(&mut conn)).await;
-    }
-    handlers.shutdown().await;
-    let _ = conn.shutdown().await;
+    let stop = stop_signal(ctx.shutdown.clone(), kill, ctx.agent.clone());
+    let dispatch = AgentDispatch {
+        agent: ctx.agent.clone(),
+    };
+    conn::serve_calls(&dispatch, id, conn, stop).await;
     ctx.shared
         .conns
         .lock()
@@ -390,89 +298,56 @@ async fn run_connection(ctx: ConnCtx, mut conn: BoxConn) {
     tracing::debug!(conn = id, "connection closed");
 }
 
-/// Starts one call. Most calls answer without waiting: they run to completion right here, in
-/// the connection's task, and their outcome is returned. A call that has to wait (a blocking
-/// read, a wait, a delay fault) moves to a task of its own and answers through `done`.
-async fn dispatch(
-    ctx: &ConnCtx,
-    conn: u64,
-    frame: Frame,
-    done: &mpsc::UnboundedSender<Outcome>,
-    handlers: &mut JoinSet<()>,
-) -> Option<Outcome> {
-    let stream_id = frame.stream_id;
-    let answer = |status: ttrpc::Status| {
-        Some(Outcome::Frame(response_frame(
-            stream_id,
-            &status,
-            Vec::new(),
-        )))
-    };
-    let req = match frame.request {
-        Ok(req) => req,
-        Err(status) => return answer(status),
-    };
-    let Some(service) = service::services().get(&req.service) else {
-        return answer(ttrpc::get_status(
-            Code::INVALID_ARGUMENT,
-            format!("{} service does not exist", req.service),
-        ));
-    };
-    let method = match service.get(&req.method) {
-        Some((rpc, method)) if rpc.is_none_or(|m| ctx.agent.version().serves(m)) => {
-            Arc::clone(method)
-        }
-        // Unknown, or not in this agent's version: an older agent does not have it.
-        _ => {
-            return answer(ttrpc::get_status(
-                Code::UNIMPLEMENTED,
-                format!("{} method", req.method),
-            ));
-        }
-    };
-    let call = service::Call {
-        agent: ctx.agent.clone(),
-        conn,
-    };
-    let mut call = Box::pin(service::CALL.scope(
-        call,
-        TRANSPORT.scope(Cell::new(None), async move {
-            let tctx = ttrpc::r#async::TtrpcContext {
-                mh: ttrpc::MessageHeader {
-                    length: 0,
-                    stream_id,
-                    type_: 1,
-                    flags: 0,
-                },
-                metadata: ttrpc::context::from_pb(&req.metadata),
-                timeout_nano: req.timeout_nano,
-                connection_data: Default::default(),
-            };
-            let result = method.handler(tctx, req).await;
-            match (TRANSPORT.with(Cell::get), result) {
-                (Some(TransportFault::Drop), _) => Outcome::Drop,
-                (Some(TransportFault::Corrupt), _) => {
-                    Outcome::Frame(frame::corrupt_frame(stream_id))
-                }
-                (None, Ok(resp)) => Outcome::Frame(frame::encode_response(stream_id, &resp)),
-                (None, Err(e)) => Outcome::Frame(response_frame(
-                    stream_id,
-                    &ttrpc::get_status(Code::UNKNOWN, e),
-                    Vec::new(),
-                )),
+/// Starts agent calls: the method table of [`service`], gated by the agent's version, with
+/// the agent and the transport-fault slot in the call's task-locals.
+struct AgentDispatch {
+    agent: SimAgent,
+}
+
+impl Dispatch for AgentDispatch {
+    fn start(
+        &self,
+        conn: u64,
+        stream_id: u32,
+        req: ttrpc::Request,
+    ) -> Result<conn::CallFuture, ttrpc::Status> {
+        let service = service::services().get(&req.service).ok_or_else(|| {
+            ttrpc::get_status(
+                Code::INVALID_ARGUMENT,
+                format!("{} service does not exist", req.service),
+            )
+        })?;
+        let method = match service.get(&req.method) {
+            Some((rpc, method)) if rpc.is_none_or(|m| self.agent.version().serves(m)) => {
+                Arc::clone(method)
             }
-        }),
-    ));
-    if let Poll::Ready(outcome) =
-        std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await
-    {
-        return Some(outcome);
+            // Unknown, or not in this agent's version: an older agent does not have it.
+            _ => {
+                return Err(ttrpc::get_status(
+                    Code::UNIMPLEMENTED,
+                    format!("{} method", req.method),
+                ));
+            }
+        };
+        let call = service::Call {
+            agent: self.agent.clone(),
+            conn,
+        };
+        Ok(Box::pin(service::CALL.scope(
+            call,
+            TRANSPORT.scope(Cell::new(None), async move {
+                let tctx = conn::ttrpc_context(stream_id, &req);
+                let result = method.handler(tctx, req).await;
+                match TRANSPORT.with(Cell::get) {
+                    Some(TransportFault::Drop) => Outcome::Drop,
+                    Some(TransportFault::Corrupt) => {
+                        Outcome::Frame(frame::corrupt_frame(stream_id))
+                    }
+                    None => conn::handler_outcome(stream_id, result),
+                }
+            }),
+        )))
     }
-    let done = done.clone();
-    handlers.spawn(async move {
-        let _ = done.send(call.await);
-    });
-    None
 }
 
 /// Where a socket file of this server lives, for callers that print it.

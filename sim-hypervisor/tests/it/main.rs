@@ -1,6 +1,7 @@
 //! sim-hypervisor integration tests: the VM state machine and resources in-process, and the
 //! remote-hypervisor service over real sockets.
 
+mod cancel;
 mod faults;
 mod remote;
 mod vm;
