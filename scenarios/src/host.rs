@@ -259,15 +259,11 @@ fn stuck_call(trace: &Trace, blamed: &mut Vec<u64>) -> Option<String> {
 
 /// What a run that stopped waiting reports: where it was stuck and for how long.
 fn stuck_message(what: &str, call: Option<String>, waited: Duration, clock: &str) -> String {
+    // Whole seconds as `3600`, shorter waits as `0.25`.
+    let secs = waited.as_secs_f64();
     match call {
-        Some(c) => format!(
-            "{what}: stuck in {c} after {} s of {clock} time",
-            waited.as_secs()
-        ),
-        None => format!(
-            "{what}: did not finish within {} s of {clock} time",
-            waited.as_secs()
-        ),
+        Some(c) => format!("{what}: stuck in {c} after {secs} s of {clock} time"),
+        None => format!("{what}: did not finish within {secs} s of {clock} time"),
     }
 }
 
@@ -294,8 +290,7 @@ impl Watchdog {
         let spawned = std::thread::Builder::new()
             .name("kata-sim-watchdog".into())
             .spawn(move || {
-                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(limit)
-                {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(limit) {
                     let _ = fire.send(());
                 }
             });
@@ -354,7 +349,10 @@ impl<T: Transport> Host<T> {
                 if let Err(e) = b.await
                     && e.is_panic()
                 {
-                    self.error(format!("{name} panicked: {}", panic_message(&*e.into_panic())));
+                    self.error(format!(
+                        "{name} panicked: {}",
+                        panic_message(&*e.into_panic())
+                    ));
                 }
             } else {
                 b.abort();
@@ -1020,13 +1018,7 @@ pub async fn run_with_limits<T: Transport>(s: &Scenario, limits: Limits) -> Outc
         }
     }
     let mut blamed = Vec::new();
-    let body = std::panic::AssertUnwindSafe(run_body(
-        &mut host,
-        s,
-        limits,
-        &trace,
-        &mut blamed,
-    ));
+    let body = std::panic::AssertUnwindSafe(run_body(&mut host, s, limits, &trace, &mut blamed));
     let ended = tokio::select! {
         biased;
         r = futures::FutureExt::catch_unwind(body) => match r {
@@ -1366,7 +1358,10 @@ async fn run_step<T: Transport>(host: &mut Host<T>, step: &Step) -> Result<(), S
         Step::AdvanceTime(secs) => {
             // The loader bounds it (0 to STEP_LIMIT); a value it did not see is an error here.
             let d = Duration::try_from_secs_f64(*secs).map_err(|_| {
-                format!("advance_time: {secs} is not a number of seconds from 0 to {}", STEP_LIMIT.as_secs())
+                format!(
+                    "advance_time: {secs:?} is not a number of seconds from 0 to {}",
+                    STEP_LIMIT.as_secs()
+                )
             })?;
             tokio::time::sleep(d).await;
             Ok(())

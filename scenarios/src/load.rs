@@ -395,7 +395,10 @@ mod tests {
         let e = parse(Path::new("x.yaml"), text).unwrap_err();
         assert_eq!((e.line, e.column), (3, 32), "{e}");
         assert!(e.message.contains("bogus"), "{e}");
-        assert!(e.to_string().contains(&format!("|{}^", " ".repeat(32))), "{e}");
+        assert!(
+            e.to_string().contains(&format!("|{}^", " ".repeat(32))),
+            "{e}"
+        );
         // A rule after non-ASCII text: its column counts characters too.
         let text = "name: a\nfaults: ['Check{sandbox=\"é\"}=hang', 'Check=explode']\nsteps: []\n";
         let e = parse(Path::new("x.yaml"), text).unwrap_err();
@@ -413,9 +416,7 @@ mod tests {
             (".nan", "NaN"),
             ("3601", "3601.0"),
         ] {
-            let text = format!(
-                "name: a\nsteps:\n  - advance_time: 1\n  - advance_time: {value}\n"
-            );
+            let text = format!("name: a\nsteps:\n  - advance_time: 1\n  - advance_time: {value}\n");
             let e = parse(Path::new("x.yaml"), &text).unwrap_err();
             assert_eq!((e.line, e.column), (4, 5), "{value}: {e}");
             assert_eq!(
@@ -429,7 +430,11 @@ mod tests {
         let text = "name: a\nguest:\n  programs:\n    c0: { run_secs: 1 }\n    c1:\n      run_secs: -2\nsteps: []\n";
         let e = parse(Path::new("x.yaml"), text).unwrap_err();
         assert_eq!((e.line, e.column), (6, 7), "{e}");
-        assert!(e.message.contains("guest.programs.c1.run_secs: -2.0 is out of range"), "{e}");
+        assert!(
+            e.message
+                .contains("guest.programs.c1.run_secs: -2.0 is out of range"),
+            "{e}"
+        );
         parse(
             Path::new("x.yaml"),
             "name: a\nsteps:\n  - advance_time: 3600\n  - advance_time: 0\n",

@@ -69,7 +69,10 @@ struct Log {
 impl Log {
     /// The event of call `seq` (the one that stands for it, when repeats fold).
     fn get_mut(&mut self, seq: u64) -> Option<&mut TraceEvent> {
-        let i = self.events.partition_point(|e| e.seq <= seq).checked_sub(1)?;
+        let i = self
+            .events
+            .partition_point(|e| e.seq <= seq)
+            .checked_sub(1)?;
         let e = self.events.get_mut(i)?;
         (seq < e.seq.saturating_add(e.count)).then_some(e)
     }

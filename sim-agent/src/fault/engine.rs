@@ -282,10 +282,7 @@ impl FaultEngine {
                 }
                 a => a,
             };
-            if state
-                .fired_limit
-                .is_some_and(|l| state.fired.len() >= l)
-            {
+            if state.fired_limit.is_some_and(|l| state.fired.len() >= l) {
                 state.fired.pop_front();
                 state.fired_dropped += 1;
             }
@@ -395,7 +392,9 @@ mod tests {
             let Verdict::Delay(d) = engine.decide(&call("Check")) else {
                 panic!("a delay")
             };
-            assert!(d >= super::super::rule::MAX_DURATION && d <= 2 * super::super::rule::MAX_DURATION);
+            assert!(
+                d >= super::super::rule::MAX_DURATION && d <= 2 * super::super::rule::MAX_DURATION
+            );
         }
     }
 }

@@ -673,7 +673,10 @@ mod tests {
         // Used to parse, then overflow the clock in the engine or the servers.
         let e = error("Check=delay(18446744073709549568s)");
         assert_eq!(e.column, 13, "{e}");
-        assert!(e.message.contains("out of range") && e.message.contains("86400s"), "{e}");
+        assert!(
+            e.message.contains("out of range") && e.message.contains("86400s"),
+            "{e}"
+        );
         let e = error("Check=delay(1s, 86401s)");
         assert_eq!(e.column, 17, "{e}");
         let e = error("Check=delay(1441m)");
