@@ -15,6 +15,16 @@
 //! destination is that path. Every failure of that copy is a warning; teardown continues.
 //! Go's deadlines come from [`sim_agent::Agent`]'s table; runtime-rs's are 30 s per request.
 //! Run it on tokio's paused clock: a 60 s deadline costs nothing.
+//!
+//! Every run ends, whatever its faults ([`Limits`]): each step and the teardown after the last
+//! step have a bound of virtual time, the steps together a budget of it, and the whole run a
+//! bound of real time (a watchdog thread); a run that hits one reports the call the host was
+//! stuck in (`stuck in WaitProcess{container_id=c1, exec_id=c1} after 3600 s of virtual
+//! time`). No host loop spins on the paused clock: each poll of the OOM watcher waits a round
+//! trip ([`POLL_ROUND_TRIP`]) of virtual time, the monitor its period, and the records fold
+//! repeats (the trace is [`Trace::folding`], warnings fold the same way), so memory grows
+//! with what changes, not with the number of polls. A panic in a step, the host or the model
+//! is that run's error, with its message.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,6 +48,49 @@ const SHARED: &str = "/run/kata-containers/shared/containers";
 
 /// How long (on the paused clock) one step may take before the run gives up on it.
 pub const STEP_LIMIT: Duration = Duration::from_secs(3600);
+
+/// How long (virtual time) the teardown after the last step may take.
+pub const TEARDOWN_LIMIT: Duration = Duration::from_secs(3600);
+
+/// How much virtual time the steps of one run may take together.
+pub const RUN_LIMIT: Duration = Duration::from_secs(6 * 3600);
+
+/// How much real time one run may take (a watchdog thread ends it).
+pub const REAL_LIMIT: Duration = Duration::from_secs(120);
+
+/// The virtual time one poll of a host loop costs at least (a round trip to the guest): a loop
+/// whose calls answer at once still lets the clock move.
+pub const POLL_ROUND_TRIP: Duration = Duration::from_millis(10);
+
+/// How many fired faults a run records (the most recent ones; the rest are counted).
+pub const FAULT_RECORD_LIMIT: usize = 10_000;
+
+/// How many bytes of each stdio stream of a process the outcome keeps.
+pub const OUTPUT_LIMIT: usize = 1 << 20;
+
+/// The bounds of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Virtual time per step.
+    pub step: Duration,
+    /// Virtual time of the teardown after the last step.
+    pub teardown: Duration,
+    /// Virtual time of all steps together.
+    pub run: Duration,
+    /// Real time of the whole run.
+    pub real: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            step: STEP_LIMIT,
+            teardown: TEARDOWN_LIMIT,
+            run: RUN_LIMIT,
+            real: REAL_LIMIT,
+        }
+    }
+}
 
 /// What one process did, as the host saw it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -139,7 +192,7 @@ struct Host<T: Transport> {
     containers: BTreeMap<String, HostContainer>,
     waiters: BTreeMap<String, JoinHandle<Result<i32, String>>>,
     processes: Collected,
-    background: Vec<JoinHandle<()>>,
+    background: Vec<(&'static str, JoinHandle<()>)>,
     log: Arc<Mutex<Log>>,
     sandbox_up: bool,
     vm_stopped: bool,
@@ -148,7 +201,107 @@ struct Host<T: Transport> {
 #[derive(Debug, Default)]
 struct Log {
     errors: Vec<String>,
-    warnings: Vec<String>,
+    /// Warnings, consecutive repeats folded: (text, how many times).
+    warnings: Vec<(String, u64)>,
+}
+
+impl Log {
+    fn warn(&mut self, w: String) {
+        match self.warnings.last_mut() {
+            Some((last, n)) if *last == w => *n += 1,
+            _ => self.warnings.push((w, 1)),
+        }
+    }
+}
+
+/// A record line for something that happened `n` times in a row: `line` or `line xN`.
+fn folded(line: String, n: u64) -> String {
+    if n > 1 { format!("{line} x{n}") } else { line }
+}
+
+/// How many calls or faults a record line stands for (`... x18914` stands for 18914, `(N
+/// earlier faults not kept)` for N).
+pub fn line_count(line: &str) -> u64 {
+    if let Some(rest) = line.strip_prefix('(')
+        && let Some((n, _)) = rest.split_once(" earlier")
+    {
+        return n.parse().unwrap_or(0);
+    }
+    line.rsplit_once(" x")
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .filter(|n| *n > 1)
+        .unwrap_or(1)
+}
+
+/// The call the host is stuck in: the most recent call that has not answered, other than the
+/// background loops' (`GetOOMEvent` always waits; the monitor's checks only if nothing else
+/// does), and not one already blamed for an earlier stop.
+fn stuck_call(trace: &Trace, blamed: &mut Vec<u64>) -> Option<String> {
+    let events = trace.events();
+    let pending = |e: &&sim_agent::TraceEvent| {
+        e.status == "PENDING" && e.method != "GetOOMEvent" && !blamed.contains(&e.seq)
+    };
+    let monitor = |e: &&sim_agent::TraceEvent| matches!(e.method.as_str(), "Check" | "CheckVM");
+    let e = events
+        .iter()
+        .rev()
+        .filter(pending)
+        .find(|e| !monitor(e))
+        .or_else(|| events.iter().rev().filter(pending).find(monitor))?;
+    blamed.push(e.seq);
+    let fields: Vec<String> = e.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Some(if fields.is_empty() {
+        e.method.clone()
+    } else {
+        format!("{}{{{}}}", e.method, fields.join(", "))
+    })
+}
+
+/// What a run that stopped waiting reports: where it was stuck and for how long.
+fn stuck_message(what: &str, call: Option<String>, waited: Duration, clock: &str) -> String {
+    // Whole seconds as `3600`, shorter waits as `0.25`.
+    let secs = waited.as_secs_f64();
+    match call {
+        Some(c) => format!("{what}: stuck in {c} after {secs} s of {clock} time"),
+        None => format!("{what}: did not finish within {secs} s of {clock} time"),
+    }
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Real time on a paused clock: a thread that fires `expired` after `limit` unless the run
+/// ends first (dropping the watchdog stops the thread at once).
+struct Watchdog {
+    expired: tokio::sync::oneshot::Receiver<()>,
+    _done: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn start(limit: Duration) -> Self {
+        let (fire, expired) = tokio::sync::oneshot::channel();
+        let (done, ended) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("kata-sim-watchdog".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(limit) {
+                    let _ = fire.send(());
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no real-time watchdog for this run: {e}");
+        }
+        Watchdog {
+            expired,
+            _done: done,
+        }
+    }
 }
 
 fn rs_opts() -> CallOpts {
@@ -166,11 +319,7 @@ fn closed(e: &sim_agent::AgentError) -> bool {
 
 impl<T: Transport> Host<T> {
     fn warn(&self, w: String) {
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .warnings
-            .push(w);
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).warn(w);
     }
 
     fn error(&self, e: String) {
@@ -191,6 +340,24 @@ impl<T: Transport> Host<T> {
         self.guest
             .as_ref()
             .ok_or_else(|| "no sandbox: create_sandbox first".to_string())
+    }
+
+    /// Stops the background loops; one that panicked is an error of the run.
+    async fn stop_background(&mut self) {
+        for (name, b) in std::mem::take(&mut self.background) {
+            if b.is_finished() {
+                if let Err(e) = b.await
+                    && e.is_panic()
+                {
+                    self.error(format!(
+                        "{name} panicked: {}",
+                        panic_message(&*e.into_panic())
+                    ));
+                }
+            } else {
+                b.abort();
+            }
+        }
     }
 
     fn exec_key(container: &str, exec: Option<&str>) -> String {
@@ -264,34 +431,32 @@ impl<T: Transport> Host<T> {
         let persona = self.persona;
         let log = Arc::clone(&self.log);
         let a = agent.clone();
-        self.background.push(tokio::spawn(async move {
-            let mut errors = 0u32;
-            loop {
-                match Agent::get_oom_event(&a).await {
-                    Ok(cid) => log
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .warnings
-                        .push(format!("OOM event for container {cid}")),
-                    Err(e) if closed(&e) => return,
-                    Err(_) => {
-                        errors += 1;
-                        // The runtime would spin; the run stops it after a while.
-                        if errors > 100 {
-                            return;
+        self.background.push((
+            "the OOM watcher",
+            tokio::spawn(async move {
+                loop {
+                    let pause = match Agent::get_oom_event(&a).await {
+                        Ok(cid) => {
+                            log.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .warn(format!("OOM event for container {cid}"));
+                            POLL_ROUND_TRIP
                         }
-                        if persona == Persona::Go {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        } else {
-                            tokio::task::yield_now().await;
-                        }
-                    }
+                        Err(e) if closed(&e) => return,
+                        // Go sleeps a second before it retries (wait.go); runtime-rs retries
+                        // at once, which still costs a round trip.
+                        Err(_) if persona == Persona::Go => Duration::from_secs(1),
+                        Err(_) => POLL_ROUND_TRIP,
+                    };
+                    // Every poll waits on virtual time: a call that answers at once (a fault
+                    // on GetOOMEvent) must not spin the loop on a paused clock.
+                    tokio::time::sleep(pause).await;
                 }
-            }
-        }));
+            }),
+        ));
         let log = Arc::clone(&self.log);
         let vm = self.vm.clone();
-        self.background.push(tokio::spawn(async move {
+        let monitor = tokio::spawn(async move {
             let period = match persona {
                 Persona::Go => Duration::from_secs(5),
                 Persona::Rs => Duration::from_secs(30),
@@ -317,12 +482,12 @@ impl<T: Transport> Host<T> {
                     }
                     log.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .warnings
-                        .push(format!("sandbox stopped unexpectedly: {why}"));
+                        .warn(format!("sandbox stopped unexpectedly: {why}"));
                     return;
                 }
             }
-        }));
+        });
+        self.background.push(("the monitor", monitor));
     }
 
     async fn create_container(
@@ -492,6 +657,7 @@ impl<T: Transport> Host<T> {
                 let processes = Arc::clone(&processes);
                 let k = k.clone();
                 async move {
+                    let mut dropped = 0usize;
                     loop {
                         let r = if stderr {
                             Agent::read_process_stderr(&agent, cid.clone(), eid.clone(), len).await
@@ -499,18 +665,39 @@ impl<T: Transport> Host<T> {
                             Agent::read_process_stdout(&agent, cid.clone(), eid.clone(), len).await
                         };
                         // Empty data (4.x agents) and any error (older agents' "eof") end it.
-                        let Ok(data) = r else { return };
-                        if data.is_empty() {
-                            return;
+                        let data = match r {
+                            Ok(d) if !d.is_empty() => d,
+                            _ => break,
+                        };
+                        let full = {
+                            let mut p = processes.lock().unwrap_or_else(|p| p.into_inner());
+                            let entry = p.entry(k.clone()).or_default();
+                            let out = if stderr {
+                                &mut entry.stderr
+                            } else {
+                                &mut entry.stdout
+                            };
+                            let room = OUTPUT_LIMIT.saturating_sub(out.len());
+                            let keep = data.len().min(room);
+                            out.push_str(&String::from_utf8_lossy(&data[..keep]));
+                            dropped = dropped.saturating_add(data.len() - keep);
+                            keep < data.len()
+                        };
+                        if full {
+                            // An endless writer: the reads beyond what the outcome keeps each
+                            // cost a round trip, so they do not spin on a paused clock.
+                            tokio::time::sleep(POLL_ROUND_TRIP).await;
                         }
+                    }
+                    if dropped > 0 {
                         let mut p = processes.lock().unwrap_or_else(|p| p.into_inner());
                         let entry = p.entry(k.clone()).or_default();
-                        let text = String::from_utf8_lossy(&data);
-                        if stderr {
-                            entry.stderr.push_str(&text);
+                        let out = if stderr {
+                            &mut entry.stderr
                         } else {
-                            entry.stdout.push_str(&text);
-                        }
+                            &mut entry.stdout
+                        };
+                        out.push_str(&format!("\n[kata-sim: {dropped} more bytes not kept]\n"));
                     }
                 }
             };
@@ -711,9 +898,7 @@ impl<T: Transport> Host<T> {
         {
             self.warn(format!("Agent did not stop sandbox: {e}"));
         }
-        for b in self.background.drain(..) {
-            b.abort();
-        }
+        self.stop_background().await;
         if !self.vm_stopped && self.vm.state() == Some(sim_hypervisor::VmState::Stopped) {
             self.warn("the VM was already stopped (it died)".into());
             self.vm_stopped = true;
@@ -751,7 +936,7 @@ pub fn describe_event(e: &sim_agent::TraceEvent) -> String {
     if let Some(f) = &e.fault {
         line.push_str(&format!(" [fault: {f}]"));
     }
-    line
+    folded(line, e.count)
 }
 
 /// Runs a scenario with the built-in host. Call it on a runtime with a paused clock
@@ -779,16 +964,26 @@ pub fn agent_config(s: &Scenario) -> SimConfig {
     agent
 }
 
-/// Runs a scenario with the built-in host over a given transport.
+/// Runs a scenario with the built-in host over a given transport, within [`Limits::default`].
 pub async fn run_with<T: Transport>(s: &Scenario) -> Outcome {
-    let state = tempfile::Builder::new()
-        .prefix("kata-sim-run-")
-        .tempdir()
-        .expect("a temp dir for the run");
+    run_with_limits::<T>(s, Limits::default()).await
+}
+
+/// Runs a scenario with the built-in host over a given transport, within `limits`: it always
+/// ends, and a step, the teardown or the run that hits its bound is an error naming the call
+/// the host was stuck in.
+pub async fn run_with_limits<T: Transport>(s: &Scenario, limits: Limits) -> Outcome {
+    let watchdog = Watchdog::start(limits.real);
+    let state = match tempfile::Builder::new().prefix("kata-sim-run-").tempdir() {
+        Ok(d) => d,
+        Err(e) => return failed(s, format!("a temp dir for the run: {e}")),
+    };
     let host_dir = state.path().join("host");
-    std::fs::create_dir_all(&host_dir).expect("host dir");
-    let trace = Trace::default();
-    let engine = FaultEngine::new(s.seed);
+    if let Err(e) = std::fs::create_dir_all(&host_dir) {
+        return failed(s, format!("the host dir: {e}"));
+    }
+    let trace = Trace::folding();
+    let engine = FaultEngine::bounded(s.seed, FAULT_RECORD_LIMIT);
     let mut agent = agent_config(s);
     agent.trace = Some(trace.clone());
     let vm = SimHypervisor::new(SimVmConfig {
@@ -822,29 +1017,121 @@ pub async fn run_with<T: Transport>(s: &Scenario) -> Outcome {
             host.guards.push((rule.clone(), g));
         }
     }
-    for (i, step) in s.steps.iter().enumerate() {
-        // A step that never ends (a hang without a deadline) ends the run's patience instead.
-        match tokio::time::timeout(STEP_LIMIT, run_step(&mut host, step)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => host.error(format!("steps[{i}]: {e}")),
-            Err(_) => host.error(format!(
-                "steps[{i}]: did not finish within {} s",
-                STEP_LIMIT.as_secs()
-            )),
+    let mut blamed = Vec::new();
+    let body = std::panic::AssertUnwindSafe(run_body(&mut host, s, limits, &trace, &mut blamed));
+    let ended = tokio::select! {
+        biased;
+        r = futures::FutureExt::catch_unwind(body) => match r {
+            Ok(teardown_ok) => Ended::Normally(teardown_ok),
+            Err(p) => Ended::Panicked(panic_message(&*p)),
+        },
+        Ok(()) = watchdog.expired => Ended::OutOfTime,
+    };
+    let teardown_ok = match ended {
+        Ended::Normally(ok) => ok,
+        Ended::Panicked(m) => {
+            host.error(format!("the run panicked: {m}"));
+            false
         }
-    }
-    // Whatever the steps left running is reaped, as a shim exiting would.
-    let teardown_ok = if host.sandbox_up {
-        host.destroy_sandbox().await.is_ok()
-    } else {
-        true
+        Ended::OutOfTime => {
+            let call = stuck_call(&trace, &mut blamed);
+            host.error(stuck_message("the run", call, limits.real, "real"));
+            false
+        }
     };
     for (_, w) in std::mem::take(&mut host.waiters) {
         w.abort();
     }
-    for b in host.background.drain(..) {
-        b.abort();
+    host.stop_background().await;
+    outcome(s, &host, &trace, &engine, teardown_ok)
+}
+
+/// How the body of a run ended.
+enum Ended {
+    /// Its steps and teardown ran (whether the teardown completed).
+    Normally(bool),
+    /// Something in it panicked, with this message.
+    Panicked(String),
+    /// The real-time watchdog fired.
+    OutOfTime,
+}
+
+/// The steps, then the teardown, each within its bound; returns whether the teardown
+/// completed.
+async fn run_body<T: Transport>(
+    host: &mut Host<T>,
+    s: &Scenario,
+    limits: Limits,
+    trace: &Trace,
+    blamed: &mut Vec<u64>,
+) -> bool {
+    let started = tokio::time::Instant::now();
+    for (i, step) in s.steps.iter().enumerate() {
+        let used = started.elapsed();
+        let Some(left) = limits.run.checked_sub(used).filter(|l| !l.is_zero()) else {
+            host.error(format!(
+                "steps[{i}]: not run: the steps used their budget of {} s of virtual time",
+                limits.run.as_secs()
+            ));
+            break;
+        };
+        let limit = limits.step.min(left);
+        let t0 = tokio::time::Instant::now();
+        // A step that never ends (a hang without a deadline) ends the run's patience instead.
+        match tokio::time::timeout(limit, run_step(host, step)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => host.error(format!("steps[{i}]: {e}")),
+            Err(_) => {
+                let call = stuck_call(trace, blamed);
+                host.error(stuck_message(
+                    &format!("steps[{i}]"),
+                    call,
+                    t0.elapsed(),
+                    "virtual",
+                ));
+            }
+        }
     }
+    // Whatever the steps left running is reaped, as a shim exiting would.
+    if !host.sandbox_up {
+        return true;
+    }
+    let t0 = tokio::time::Instant::now();
+    match tokio::time::timeout(limits.teardown, host.destroy_sandbox()).await {
+        Ok(r) => r.is_ok(),
+        Err(_) => {
+            let call = stuck_call(trace, blamed);
+            host.error(stuck_message("teardown", call, t0.elapsed(), "virtual"));
+            false
+        }
+    }
+}
+
+/// The outcome of a run that could not start.
+fn failed(s: &Scenario, error: String) -> Outcome {
+    Outcome {
+        name: s.name.clone(),
+        persona: s.config.persona,
+        seed: s.seed,
+        calls: Vec::new(),
+        faults: Vec::new(),
+        processes: BTreeMap::new(),
+        host_files: BTreeMap::new(),
+        errors: vec![error],
+        warnings: Vec::new(),
+        teardown: Teardown::Incomplete,
+        guest_containers: Vec::new(),
+    }
+}
+
+/// The normalized record of a run, from what the host and the guest left.
+fn outcome<T: Transport>(
+    s: &Scenario,
+    host: &Host<T>,
+    trace: &Trace,
+    engine: &FaultEngine,
+    teardown_ok: bool,
+) -> Outcome {
     let guest_containers = host
         .guest
         .as_ref()
@@ -882,20 +1169,43 @@ pub async fn run_with<T: Transport>(s: &Scenario) -> Outcome {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let mut faults: Vec<String> = Vec::new();
+    if engine.fired_dropped() > 0 {
+        faults.push(format!(
+            "({} earlier faults not kept)",
+            engine.fired_dropped()
+        ));
+    }
+    let mut last: Option<(String, u64)> = None;
+    for f in engine.fired() {
+        let line = format!("#{} {} {}", f.rule, f.target, f.action);
+        match &mut last {
+            Some((l, n)) if *l == line => *n += 1,
+            _ => {
+                if let Some((l, n)) = last.take() {
+                    faults.push(folded(l, n));
+                }
+                last = Some((line, 1));
+            }
+        }
+    }
+    if let Some((l, n)) = last {
+        faults.push(folded(l, n));
+    }
     Outcome {
         name: s.name.clone(),
         persona: s.config.persona,
         seed: s.seed,
         calls: trace.events().iter().map(describe_event).collect(),
-        faults: engine
-            .fired()
-            .iter()
-            .map(|f| format!("#{} {} {}", f.rule, f.target, f.action))
-            .collect(),
+        faults,
         processes,
         host_files,
         errors: log.errors,
-        warnings: log.warnings,
+        warnings: log
+            .warnings
+            .into_iter()
+            .map(|(w, n)| folded(w, n))
+            .collect(),
         teardown,
         guest_containers,
     }
@@ -1046,7 +1356,14 @@ async fn run_step<T: Transport>(host: &mut Host<T>, step: &Step) -> Result<(), S
             .write_termination_message(&t.container, t.data.as_bytes())
             .map_err(|e| format!("write_termination_message: {e}")),
         Step::AdvanceTime(secs) => {
-            tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await;
+            // The loader bounds it (0 to STEP_LIMIT); a value it did not see is an error here.
+            let d = Duration::try_from_secs_f64(*secs).map_err(|_| {
+                format!(
+                    "advance_time: {secs:?} is not a number of seconds from 0 to {}",
+                    STEP_LIMIT.as_secs()
+                )
+            })?;
+            tokio::time::sleep(d).await;
             Ok(())
         }
         Step::AddFault(rule) => {
@@ -1077,7 +1394,11 @@ pub fn script(p: &crate::schema::Program) -> sim_agent::ProcessScript {
     let mut s = sim_agent::ProcessScript::default()
         .stdout(p.stdout.clone())
         .stderr(p.stderr.clone())
-        .run_time(p.run_secs.map(Duration::from_secs_f64));
+        .run_time(
+            p.run_secs
+                .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                .map(|d| d.min(sim_agent::fault::rule::MAX_DURATION)),
+        );
     s.exit_code = p.exit_code;
     s.on_signal = match p.on_signal.as_deref() {
         Some("ignore") => sim_agent::SignalReaction::Ignore,

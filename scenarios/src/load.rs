@@ -1,10 +1,33 @@
 //! Loading scenario files: YAML (serde-saphyr) into [`Scenario`], with errors that name
 //! `file:line:column` and the field, rendered like rustc's diagnostics.
+//!
+//! Columns are 1-based and count characters, as serde-saphyr's do; text is only ever sliced
+//! at byte offsets converted from them ([`byte_at`]). Every value the run turns into time is
+//! checked here against its accepted range, so a file that loads never overflows a clock.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::schema::{Scenario, Step};
+
+/// The longest `advance_time` step, in seconds: a step may take at most this long
+/// ([`crate::host::STEP_LIMIT`]).
+pub const MAX_ADVANCE_SECS: f64 = crate::host::STEP_LIMIT.as_secs() as f64;
+
+/// The longest `run_secs` of a scripted program, in seconds (a day, as fault durations).
+pub const MAX_RUN_SECS: f64 = sim_agent::fault::rule::MAX_DURATION.as_secs() as f64;
+
+/// The byte offset of the 1-based character column `column` of `line` (its end if beyond).
+pub fn byte_at(line: &str, column: usize) -> usize {
+    line.char_indices()
+        .nth(column.saturating_sub(1))
+        .map_or(line.len(), |(i, _)| i)
+}
+
+/// The 1-based character column of byte offset `byte` of `line`.
+fn column_of(line: &str, byte: usize) -> usize {
+    line.get(..byte).map_or(0, |s| s.chars().count()) + 1
+}
 
 /// A scenario file that could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +120,7 @@ pub fn field_path(text: &str, line: usize, column: usize) -> String {
         return String::new();
     };
     let mut parts: Vec<String> = Vec::new();
-    let col = column.saturating_sub(1).min(here.len());
+    let col = byte_at(here, column);
     // A flow mapping on this line: the key just before the column.
     let before = &here[..col];
     if let Some(open) = before.rfind('{') {
@@ -210,13 +233,27 @@ pub fn load(file: &Path) -> Result<Scenario, LoadError> {
     parse(file, &text)
 }
 
-/// The position of the first line that contains `needle` (for errors found after parsing).
+/// The position (line, character column) of the first line that contains `needle` (for
+/// errors found after parsing).
 fn find(text: &str, needle: &str) -> (usize, usize) {
+    find_nth(text, needle, 0, 0)
+}
+
+/// The position of the `nth` (from 0) line at or after line `from` (0-based) that contains
+/// `needle`, outside comments.
+fn find_nth(text: &str, needle: &str, nth: usize, from: usize) -> (usize, usize) {
     text.lines()
         .enumerate()
+        .skip(from)
         .filter(|(_, l)| !l.trim_start().starts_with('#'))
-        .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
+        .filter_map(|(i, l)| l.find(needle).map(|c| (i + 1, column_of(l, c))))
+        .nth(nth)
         .unwrap_or((0, 0))
+}
+
+/// Whether `secs` is a number of seconds in `0..=max` (not negative, NaN or infinite).
+fn seconds_in_range(secs: f64, max: f64) -> bool {
+    secs.is_finite() && (0.0..=max).contains(&secs)
 }
 
 /// Checks what the types cannot: rule syntax, known containers, the agent version.
@@ -249,8 +286,26 @@ fn validate(file: &Path, text: &str, s: &Scenario) -> Result<(), LoadError> {
             format!("config.agent_version: {v:?} is not a version like 3.19.1"),
         );
     }
+    for (cid, p) in &s.guest.programs {
+        if let Some(secs) = p.run_secs
+            && !seconds_in_range(secs, MAX_RUN_SECS)
+        {
+            let (from, _) = find_nth(text, &format!("{cid}:"), 0, find(text, "programs").0);
+            let (line, column) = find_nth(text, "run_secs", 0, from.saturating_sub(1));
+            return Err(located(
+                file,
+                text,
+                line,
+                column,
+                format!(
+                    "guest.programs.{cid}.run_secs: {secs:?} is out of range: expected 0 to {MAX_RUN_SECS} seconds"
+                ),
+            ));
+        }
+    }
     let mut containers: Vec<&str> = Vec::new();
     let mut sandbox = false;
+    let mut advances = 0;
     for (i, step) in s.steps.iter().enumerate() {
         let known = |c: &str, containers: &Vec<&str>| containers.contains(&c);
         match step {
@@ -285,6 +340,21 @@ fn validate(file: &Path, text: &str, s: &Scenario) -> Result<(), LoadError> {
                     );
                 }
             }
+            Step::AdvanceTime(secs) => {
+                if !seconds_in_range(*secs, MAX_ADVANCE_SECS) {
+                    let (line, column) = find_nth(text, "advance_time", advances, 0);
+                    return Err(located(
+                        file,
+                        text,
+                        line,
+                        column,
+                        format!(
+                            "steps[{i}].advance_time: {secs:?} is out of range: expected 0 to {MAX_ADVANCE_SECS} seconds"
+                        ),
+                    ));
+                }
+                advances += 1;
+            }
             Step::AddFault(rule) => {
                 if let Err(e) = rule.parse::<sim_agent::fault::Rule>() {
                     let (line, col) = find(text, rule.as_str());
@@ -314,5 +384,61 @@ mod tests {
         assert_eq!(field_path(text, 7, 5), "steps[2].bogus");
         assert_eq!(field_path(text, 8, 20), "config.persona");
         assert_eq!(field_path(text, 1, 1), "name");
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        // Used to panic: the column of `bogus` sliced the line inside an `é`.
+        let text = "name: a\nsteps:\n  - create_sandbox: { id: ééé, bogus: 1 }\n";
+        let ascii = text.replace('é', "e");
+        assert_eq!(field_path(text, 3, 32), field_path(&ascii, 3, 32));
+        let e = parse(Path::new("x.yaml"), text).unwrap_err();
+        assert_eq!((e.line, e.column), (3, 32), "{e}");
+        assert!(e.message.contains("bogus"), "{e}");
+        assert!(
+            e.to_string().contains(&format!("|{}^", " ".repeat(32))),
+            "{e}"
+        );
+        // A rule after non-ASCII text: its column counts characters too.
+        let text = "name: a\nfaults: ['Check{sandbox=\"é\"}=hang', 'Check=explode']\nsteps: []\n";
+        let e = parse(Path::new("x.yaml"), text).unwrap_err();
+        assert_eq!((e.line, e.column), (2, 44), "{e}");
+        assert_eq!(byte_at("ééx", 3), 4);
+        assert_eq!(byte_at("é", 9), 2);
+    }
+
+    #[test]
+    fn times_out_of_range_are_located_errors() {
+        for (value, shown) in [
+            ("1e300", "1e300"),
+            (".inf", "inf"),
+            ("-1", "-1.0"),
+            (".nan", "NaN"),
+            ("3601", "3601.0"),
+        ] {
+            let text = format!("name: a\nsteps:\n  - advance_time: 1\n  - advance_time: {value}\n");
+            let e = parse(Path::new("x.yaml"), &text).unwrap_err();
+            assert_eq!((e.line, e.column), (4, 5), "{value}: {e}");
+            assert_eq!(
+                e.message,
+                format!(
+                    "steps[1].advance_time: {shown} is out of range: expected 0 to 3600 seconds"
+                ),
+                "{value}"
+            );
+        }
+        let text = "name: a\nguest:\n  programs:\n    c0: { run_secs: 1 }\n    c1:\n      run_secs: -2\nsteps: []\n";
+        let e = parse(Path::new("x.yaml"), text).unwrap_err();
+        assert_eq!((e.line, e.column), (6, 7), "{e}");
+        assert!(
+            e.message
+                .contains("guest.programs.c1.run_secs: -2.0 is out of range"),
+            "{e}"
+        );
+        parse(
+            Path::new("x.yaml"),
+            "name: a\nsteps:\n  - advance_time: 3600\n  - advance_time: 0\n",
+        )
+        .unwrap();
     }
 }

@@ -92,16 +92,20 @@ pub fn run_file(file: &Path, o: &Overrides) -> Report {
             }
             let (outcome, mismatches) = match &o.exec {
                 None => {
-                    let outcome = if o.wire {
-                        crate::host::run_wire_blocking(&s)
-                    } else {
-                        run_blocking(&s)
-                    };
+                    let wire = o.wire;
+                    let outcome = isolated(&s, move |s| {
+                        if wire {
+                            crate::host::run_wire_blocking(s)
+                        } else {
+                            run_blocking(s)
+                        }
+                    });
                     let mismatches = check(&s, &outcome);
                     (outcome, mismatches)
                 }
                 Some(command) => {
-                    let outcome = run_exec_blocking(&s, command);
+                    let command = command.clone();
+                    let outcome = isolated(&s, move |s| run_exec_blocking(s, &command));
                     // The runtime's own results are its business: only calls, faults,
                     // teardown and errors are checked.
                     let mut only = s.clone();
@@ -121,6 +125,61 @@ pub fn run_file(file: &Path, o: &Overrides) -> Report {
                 elapsed: start.elapsed(),
             }
         }
+    }
+}
+
+/// How much longer than its own real-time limit ([`crate::host::REAL_LIMIT`]) a run may
+/// take before the runner stops waiting for it (a run that never yields to its watchdog).
+pub const REAL_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `run` on a thread of its own: whatever it does (panic, never end), the caller gets an
+/// outcome and goes on to the next scenario. A panic is the run's error, with its message; a
+/// run that outlives its real-time limit by [`REAL_GRACE`] is left behind and reported.
+pub fn isolated<F>(s: &Scenario, run: F) -> Outcome
+where
+    F: FnOnce(&Scenario) -> Outcome + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let scenario = s.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("scenario {}", s.name))
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&scenario)));
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        return failed_outcome(s, format!("cannot start the run: {e}"));
+    }
+    let wait = crate::host::REAL_LIMIT + REAL_GRACE;
+    match rx.recv_timeout(wait) {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(panic)) => failed_outcome(
+            s,
+            format!("the run panicked: {}", crate::host::panic_message(&*panic)),
+        ),
+        Err(_) => failed_outcome(
+            s,
+            format!(
+                "the run did not end within {} s of real time; left behind",
+                wait.as_secs()
+            ),
+        ),
+    }
+}
+
+fn failed_outcome(s: &Scenario, error: String) -> Outcome {
+    Outcome {
+        name: s.name.clone(),
+        persona: s.config.persona,
+        seed: s.seed,
+        calls: Vec::new(),
+        faults: Vec::new(),
+        processes: Default::default(),
+        host_files: Default::default(),
+        errors: vec![error],
+        warnings: Vec::new(),
+        teardown: crate::schema::Teardown::Incomplete,
+        guest_containers: Vec::new(),
     }
 }
 
@@ -242,21 +301,7 @@ pub fn junit(reports: &[Report]) -> String {
 pub fn run_exec_blocking(s: &Scenario, command: &[String]) -> Outcome {
     let dir = match tempfile::Builder::new().prefix("kata-sim-exec-").tempdir() {
         Ok(d) => d,
-        Err(e) => {
-            return Outcome {
-                name: s.name.clone(),
-                persona: s.config.persona,
-                seed: s.seed,
-                calls: Vec::new(),
-                faults: Vec::new(),
-                processes: Default::default(),
-                host_files: Default::default(),
-                errors: vec![format!("temp dir: {e}")],
-                warnings: Vec::new(),
-                teardown: crate::schema::Teardown::Incomplete,
-                guest_containers: Vec::new(),
-            };
-        }
+        Err(e) => return failed_outcome(s, format!("temp dir: {e}")),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -49,7 +49,7 @@ pub async fn start(opts: &ServeOptions) -> sim_hypervisor::Result<RemoteHypervis
         trace_limit: Some(sim_agent::trace::SERVER_TRACE_LIMIT),
         ..Default::default()
     };
-    config.faults = FaultEngine::new(opts.seed);
+    config.faults = FaultEngine::bounded(opts.seed, sim_agent::trace::SERVER_TRACE_LIMIT);
     for rule in &opts.faults {
         config
             .faults

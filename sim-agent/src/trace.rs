@@ -26,6 +26,14 @@ pub struct TraceEvent {
     pub fault: Option<String>,
     /// A note from the model, such as a word the userland did not understand.
     pub note: Option<String>,
+    /// How many consecutive identical calls this event stands for: 1, unless the trace folds
+    /// repeats ([`Trace::folding`]); their sequence numbers are `seq..seq + count`.
+    #[serde(skip_serializing_if = "is_one")]
+    pub count: u64,
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 impl TraceEvent {
@@ -51,16 +59,47 @@ pub struct Trace {
 
 #[derive(Debug, Default)]
 struct Log {
-    /// The sequence number of `events[0]`.
-    first: u64,
+    /// The sequence number of the next call.
+    next: u64,
     events: std::collections::VecDeque<TraceEvent>,
     limit: Option<usize>,
+    fold: bool,
 }
 
 impl Log {
+    /// The event of call `seq` (the one that stands for it, when repeats fold).
     fn get_mut(&mut self, seq: u64) -> Option<&mut TraceEvent> {
-        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
-        self.events.get_mut(i)
+        let i = self
+            .events
+            .partition_point(|e| e.seq <= seq)
+            .checked_sub(1)?;
+        let e = self.events.get_mut(i)?;
+        (seq < e.seq.saturating_add(e.count)).then_some(e)
+    }
+
+    /// Folds the last event into the one before it when they are the same call with the same
+    /// answer (a host polling in a loop): the record grows with what changes, not with time.
+    fn fold_last(&mut self) {
+        let n = self.events.len();
+        if !self.fold || n < 2 {
+            return;
+        }
+        let (a, b) = (&self.events[n - 2], &self.events[n - 1]);
+        let same = a.method == b.method
+            && a.conn == b.conn
+            && a.fields == b.fields
+            && a.status == b.status
+            && a.message == b.message
+            && a.fault == b.fault
+            && a.note == b.note
+            && a.seq.saturating_add(a.count) == b.seq;
+        if same && b.status != "PENDING" {
+            let extra = b.count;
+            self.events.pop_back();
+            if let Some(a) = self.events.back_mut() {
+                a.count = a.count.saturating_add(extra);
+            }
+        }
     }
 }
 
@@ -70,6 +109,18 @@ impl Trace {
         Trace {
             log: Arc::new(Mutex::new(Log {
                 limit: Some(limit.max(1)),
+                ..Log::default()
+            })),
+        }
+    }
+
+    /// A trace that keeps every call but folds consecutive identical ones (same method,
+    /// fields, answer and fault) into one event with a [`TraceEvent::count`]: a host that
+    /// polls in a loop adds one event, not one per poll.
+    pub fn folding() -> Self {
+        Trace {
+            log: Arc::new(Mutex::new(Log {
+                fold: true,
                 ..Log::default()
             })),
         }
@@ -87,10 +138,10 @@ impl Trace {
     /// Records the arrival of a call; returns its sequence number.
     pub fn begin(&self, method: &str, conn: Option<u64>, fields: &[(&'static str, String)]) -> u64 {
         let mut log = self.lock();
-        let seq = log.first + log.events.len() as u64;
+        let seq = log.next;
+        log.next += 1;
         if log.limit.is_some_and(|l| log.events.len() >= l) {
             log.events.pop_front();
-            log.first += 1;
         }
         log.events.push_back(TraceEvent {
             seq,
@@ -104,15 +155,20 @@ impl Trace {
             message: String::new(),
             fault: None,
             note: None,
+            count: 1,
         });
         seq
     }
 
     /// Records how call `seq` answered.
     pub fn end(&self, seq: u64, status: &str, message: &str) {
-        if let Some(e) = self.lock().get_mut(seq) {
+        let mut log = self.lock();
+        if let Some(e) = log.get_mut(seq) {
             e.status = status.to_string();
             e.message = message.to_string();
+            if e.seq == seq && log.events.back().is_some_and(|b| b.seq == seq) {
+                log.fold_last();
+            }
         }
     }
 
@@ -156,9 +212,7 @@ impl Trace {
 
     /// Forgets every event (sequence numbers go on).
     pub fn clear(&self) {
-        let mut log = self.lock();
-        log.first += log.events.len() as u64;
-        log.events.clear();
+        self.lock().events.clear();
     }
 }
 
@@ -194,5 +248,53 @@ mod tests {
             unbounded.begin("x", None, &[]);
         }
         assert_eq!(unbounded.len(), 100);
+    }
+
+    #[test]
+    fn a_folding_trace_folds_consecutive_identical_calls_only() {
+        let t = Trace::folding();
+        let call = |m: &str, status: &str| {
+            let seq = t.begin(m, None, &[("container_id", "c1".into())]);
+            t.end(seq, status, "");
+            seq
+        };
+        call("Check", "OK");
+        let pending = t.begin("WaitProcess", None, &[]);
+        for _ in 0..1000 {
+            call("GetOOMEvent", "UNAVAILABLE");
+        }
+        call("GetOOMEvent", "OK");
+        for _ in 0..3 {
+            call("Check", "OK");
+        }
+        let last = call("Check", "OK");
+        assert_eq!(last, 1006, "sequence numbers count every call");
+        let kept: Vec<_> = t
+            .events()
+            .iter()
+            .map(|e| (e.method.clone(), e.status.clone(), e.count))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("Check".into(), "OK".into(), 1),
+                ("WaitProcess".into(), "PENDING".into(), 1),
+                ("GetOOMEvent".into(), "UNAVAILABLE".into(), 1000),
+                ("GetOOMEvent".into(), "OK".into(), 1),
+                ("Check".into(), "OK".into(), 4),
+            ]
+        );
+        // A call that was folded still finds its event; the pending one answers in place.
+        t.note(1001, "late".into());
+        t.end(pending, "OK", "");
+        assert_eq!(t.events()[2].note.as_deref(), Some("late"));
+        assert_eq!(t.events()[1].status, "OK");
+        // Without folding nothing changes.
+        let plain = Trace::default();
+        for _ in 0..3 {
+            let s = plain.begin("Check", None, &[]);
+            plain.end(s, "OK", "");
+        }
+        assert_eq!(plain.len(), 3);
     }
 }

@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
             // The agent serves until it is stopped: its trace keeps the most recent calls only.
             config.trace = Some(sim_agent::Trace::bounded(SERVER_TRACE_LIMIT));
             let agent = SimAgent::with_config(config).context("creating the guest root")?;
-            let engine = FaultEngine::new(seed);
+            let engine = FaultEngine::bounded(seed, SERVER_TRACE_LIMIT);
             for rule in &faults {
                 engine
                     .add(rule)

@@ -6,8 +6,12 @@
 //! after that many triggers (a probability that does not fire does not use up the count); when
 //! every term is used up the rule is inert. Only terms with a probability below 100% draw from
 //! the generator, so the same seed and the same call sequence give the same decisions.
+//!
+//! The engine records every fault that fires ([`FaultEngine::fired`]). A long-running server
+//! keeps only the most recent ones ([`FaultEngine::bounded`], as its traces are bounded) and
+//! counts the rest ([`FaultEngine::fired_dropped`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -48,7 +52,11 @@ struct State {
     by_target: BTreeMap<String, Vec<RuleId>>,
     rng: ChaCha8Rng,
     seed: u64,
-    fired: Vec<Fired>,
+    /// The faults that fired, oldest first (the most recent `fired_limit` of them).
+    fired: VecDeque<Fired>,
+    fired_limit: Option<usize>,
+    /// How many older fired faults were let go to stay within `fired_limit`.
+    fired_dropped: u64,
 }
 
 /// The seeded fault engine. Cheap to clone; clones share the rules.
@@ -92,8 +100,20 @@ impl Default for FaultEngine {
 }
 
 impl FaultEngine {
-    /// An engine with no rules, drawing from `seed`.
+    /// An engine with no rules, drawing from `seed`; it records every fault that fires.
     pub fn new(seed: u64) -> Self {
+        Self::with_fired_limit(seed, None)
+    }
+
+    /// An engine that records only the most recent `limit` faults that fire (at least one),
+    /// for a server that runs for hours ([`crate::trace::SERVER_TRACE_LIMIT`]); the others
+    /// are counted in [`FaultEngine::fired_dropped`].
+    pub fn bounded(seed: u64, limit: usize) -> Self {
+        Self::with_fired_limit(seed, Some(limit.max(1)))
+    }
+
+    /// An engine that records every fired fault (`None`) or the most recent `limit`.
+    pub fn with_fired_limit(seed: u64, limit: Option<usize>) -> Self {
         FaultEngine {
             state: Arc::new(Mutex::new(State {
                 next_id: 1,
@@ -101,7 +121,9 @@ impl FaultEngine {
                 by_target: BTreeMap::new(),
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 seed,
-                fired: Vec::new(),
+                fired: VecDeque::new(),
+                fired_limit: limit.map(|l| l.max(1)),
+                fired_dropped: 0,
             })),
         }
     }
@@ -183,9 +205,21 @@ impl FaultEngine {
             .collect()
     }
 
-    /// Every fault that fired, in order.
+    /// The faults that fired, in order: every one, or the most recent ones of a
+    /// [`FaultEngine::bounded`] engine.
     pub fn fired(&self) -> Vec<Fired> {
-        self.lock().fired.clone()
+        self.lock().fired.iter().cloned().collect()
+    }
+
+    /// How many fired faults a bounded engine no longer keeps (the oldest ones).
+    pub fn fired_dropped(&self) -> u64 {
+        self.lock().fired_dropped
+    }
+
+    /// How many faults fired in all, kept or not.
+    pub fn fired_total(&self) -> u64 {
+        let st = self.lock();
+        st.fired_dropped + st.fired.len() as u64
     }
 
     /// The action for one call, if a rule triggers.
@@ -238,15 +272,21 @@ impl FaultEngine {
             }
             let action = match action {
                 Action::Delay { delay, jitter } if !jitter.is_zero() => {
-                    let extra = state.rng.next_u64() % (jitter.as_nanos() as u64 + 1);
+                    // Rules bound both to a day (`rule::MAX_DURATION`); saturate all the same.
+                    let span = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
+                    let extra = state.rng.next_u64() % span.saturating_add(1);
                     Action::Delay {
-                        delay: delay + Duration::from_nanos(extra),
+                        delay: delay.saturating_add(Duration::from_nanos(extra)),
                         jitter: Duration::ZERO,
                     }
                 }
                 a => a,
             };
-            state.fired.push(Fired {
+            if state.fired_limit.is_some_and(|l| state.fired.len() >= l) {
+                state.fired.pop_front();
+                state.fired_dropped += 1;
+            }
+            state.fired.push_back(Fired {
                 rule: id,
                 target: call.target.to_string(),
                 action: action.to_string(),
@@ -301,5 +341,60 @@ impl FaultHook for FaultEngine {
         };
         tracing::debug!(rule = id, target = call.target, ?verdict, "fault fired");
         verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(target: &str) -> CallInfo<'_> {
+        CallInfo {
+            target,
+            request: "CheckRequest",
+            fields: &[],
+            conn: None,
+            sandbox: None,
+        }
+    }
+
+    #[test]
+    fn a_bounded_engine_keeps_the_most_recent_fired_faults_and_counts_the_rest() {
+        let engine = FaultEngine::bounded(1, 3);
+        engine.add("Check=error(INTERNAL)").unwrap();
+        engine.add("Version=hang").unwrap();
+        for i in 0..10 {
+            engine.decide(&call(if i % 5 == 4 { "Version" } else { "Check" }));
+        }
+        let fired = engine.fired();
+        assert_eq!(fired.len(), 3);
+        assert_eq!(
+            fired.iter().map(|f| f.target.as_str()).collect::<Vec<_>>(),
+            ["Check", "Check", "Version"],
+            "the most recent ones, in order"
+        );
+        assert_eq!(engine.fired_dropped(), 7);
+        assert_eq!(engine.fired_total(), 10);
+        let unbounded = FaultEngine::new(1);
+        unbounded.add("Check=hang").unwrap();
+        for _ in 0..100 {
+            unbounded.decide(&call("Check"));
+        }
+        assert_eq!(unbounded.fired().len(), 100);
+        assert_eq!(unbounded.fired_dropped(), 0);
+    }
+
+    #[test]
+    fn the_largest_delay_and_jitter_do_not_overflow() {
+        let engine = FaultEngine::new(3);
+        engine.add("Check=delay(1440m, 1440m)").unwrap();
+        for _ in 0..100 {
+            let Verdict::Delay(d) = engine.decide(&call("Check")) else {
+                panic!("a delay")
+            };
+            assert!(
+                d >= super::super::rule::MAX_DURATION && d <= 2 * super::super::rule::MAX_DURATION
+            );
+        }
     }
 }

@@ -12,8 +12,10 @@
 //!         | slow(BYTES_PER_SECOND) | corrupt | deny | unimplemented
 //! ```
 //!
-//! Durations are a number with `us`, `ms`, `s` or `m` (`1.5s`, `200ms`); sizes a number with an
-//! optional `k`/`m` (KiB, MiB). Whitespace between tokens is ignored.
+//! Durations are a number with `us`, `ms`, `s` or `m` (`1.5s`, `200ms`), at most
+//! [`MAX_DURATION`] (a day); sizes a number with an optional `k`/`m` (KiB, MiB); counts a whole
+//! number below 2^64. Whitespace between tokens is ignored. A value out of range is an error
+//! at its column, never a wrapped or saturated value.
 
 use std::fmt;
 use std::time::Duration;
@@ -39,6 +41,10 @@ pub const HYPERVISOR_TARGETS: &[&str] = &[
     "ResizeVCPUs",
     "CheckVM",
 ];
+
+/// The longest duration a rule may name (a delay, its jitter): one day. A delay plus its
+/// jitter therefore always fits any clock arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// One action of a chain.
 #[derive(Debug, Clone, PartialEq)]
@@ -385,6 +391,10 @@ impl<'a> Parser<'a> {
         if n.fract() != 0.0 || text.contains('.') {
             return self.err(at, format!("a count must be a whole number, found {text}"));
         }
+        // 2^64: the first value a u64 cannot hold.
+        if n >= 18_446_744_073_709_551_616.0 {
+            return self.err(at, format!("a count must be below 2^64, found {text}"));
+        }
         self.skip_ws();
         if !self.eat('*') {
             return self.err(
@@ -567,7 +577,16 @@ impl<'a> Parser<'a> {
                 );
             }
         };
-        Duration::try_from_secs_f64(secs).or_else(|_| self.err(at, "duration out of range"))
+        match Duration::try_from_secs_f64(secs) {
+            Ok(d) if d <= MAX_DURATION => Ok(d),
+            _ => self.err(
+                at,
+                format!(
+                    "duration {text}{unit} out of range: expected 0us to {}s (a day)",
+                    MAX_DURATION.as_secs()
+                ),
+            ),
+        }
     }
 
     fn size(&mut self) -> Option<u64> {
@@ -643,6 +662,35 @@ mod tests {
             }
         );
         parse("GetDiagnosticData=unimplemented");
+    }
+
+    fn error(s: &str) -> RuleError {
+        s.parse::<Rule>().expect_err(s)
+    }
+
+    #[test]
+    fn out_of_range_values_are_located_errors() {
+        // Used to parse, then overflow the clock in the engine or the servers.
+        let e = error("Check=delay(18446744073709549568s)");
+        assert_eq!(e.column, 13, "{e}");
+        assert!(
+            e.message.contains("out of range") && e.message.contains("86400s"),
+            "{e}"
+        );
+        let e = error("Check=delay(1s, 86401s)");
+        assert_eq!(e.column, 17, "{e}");
+        let e = error("Check=delay(1441m)");
+        assert!(e.message.contains("out of range"), "{e}");
+        let e = error("Check=99999999999999999999*hang");
+        assert_eq!(e.column, 7, "{e}");
+        assert!(e.message.contains("below 2^64"), "{e}");
+        assert_eq!(
+            parse("Check=delay(1440m)").chain[0].action,
+            Action::Delay {
+                delay: MAX_DURATION,
+                jitter: Duration::ZERO
+            }
+        );
     }
 
     #[test]

@@ -1,0 +1,235 @@
+//! Every run ends, within a bound of virtual and real time and with bounded records, whatever
+//! its faults; it names the call the host was stuck in; one scenario's failure (even a panic)
+//! never ends the others. Each case is one of issue 13 (item 3) on the paused clock: on the old
+//! code these runs never ended (or panicked).
+
+use std::time::Duration;
+
+use kata_sim::host::{Limits, Outcome, Wire, line_count, run_blocking, run_with_limits};
+use kata_sim::schema::{Scenario, Step};
+
+fn scenario(text: &str) -> Scenario {
+    kata_sim::load::parse(std::path::Path::new("bounds.yaml"), text)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// How many calls the record stands for, and how many lines hold them.
+fn calls(o: &Outcome) -> (u64, usize) {
+    (o.calls.iter().map(|l| line_count(l)).sum(), o.calls.len())
+}
+
+fn has_error(o: &Outcome, needle: &str) -> bool {
+    o.errors.iter().any(|e| e.contains(needle))
+}
+
+const LIFECYCLE: &str = "
+steps:
+  - create_sandbox: {}
+  - create_container: { id: c1, args: [sleep, \"1000\"] }
+  - start: c1
+  - advance_time: 60
+  - wait: c1
+  - stop: c1
+  - destroy_sandbox
+";
+
+#[test]
+fn a_hanging_wait_process_ends_and_names_the_call() {
+    // The docs' own example: Go's WaitProcess has no deadline, and the teardown waits again.
+    let o = run_blocking(&scenario(
+        "name: wait-hang
+config: { persona: go }
+faults: [\"WaitProcess{container_id=c1}=hang\"]
+steps:
+  - create_sandbox: {}
+  - create_container: { id: c1, args: [echo, hi] }
+  - start: c1
+  - wait: c1
+",
+    ));
+    assert!(
+        has_error(
+            &o,
+            "steps[3]: stuck in WaitProcess{container_id=c1, exec_id=c1} after 3600 s of virtual time"
+        ),
+        "{:?}",
+        o.errors
+    );
+    assert!(
+        has_error(
+            &o,
+            "teardown: stuck in WaitProcess{container_id=c1, exec_id=c1} after 3600 s"
+        ),
+        "the teardown is bounded too: {:?}",
+        o.errors
+    );
+    assert_eq!(o.teardown, kata_sim::schema::Teardown::Incomplete);
+    // Two hours of the monitor's 5 s checks fold into a few lines.
+    let (n, lines) = calls(&o);
+    assert!(
+        n > 1000 && lines < 40,
+        "{n} calls in {lines} lines: {:#?}",
+        o.calls
+    );
+}
+
+#[test]
+fn an_oom_fault_on_the_oom_watcher_does_not_spin() {
+    // Each GetOOMEvent answers at once with an event: the watcher used to spin on the paused
+    // clock (1.7 GB in 5 s). Now each poll costs a round trip of virtual time.
+    let o = run_blocking(&scenario(&format!(
+        "name: oom-loop\nconfig: {{ persona: go }}\nfaults: [\"GetOOMEvent=oom(c1)\"]{LIFECYCLE}"
+    )));
+    assert!(o.errors.is_empty(), "{:?}", o.errors);
+    let polls: u64 = o
+        .calls
+        .iter()
+        .filter(|l| l.starts_with("GetOOMEvent -> OK [fault: oom(c1)]"))
+        .map(|l| line_count(l))
+        .sum();
+    // 60 s of virtual time at one poll per 10 ms round trip.
+    assert!((5_000..=6_100).contains(&polls), "{polls}: {:#?}", o.calls);
+    assert!(o.calls.len() < 60, "{:#?}", o.calls);
+    assert!(o.warnings.len() < 10, "{:?}", o.warnings);
+    assert!(
+        o.warnings
+            .iter()
+            .any(|w| w.starts_with("OOM event for container c1 x"))
+    );
+    assert!(o.faults.len() < 40, "{:?}", o.faults);
+    assert_eq!(o.processes["c1"].exit_code, Some(137));
+}
+
+#[test]
+fn an_oom_on_every_call_does_not_spin() {
+    // `->delay(.5s)` never comes: the first term has no count.
+    let o = run_blocking(&scenario(&format!(
+        "name: oom-star\nconfig: {{ persona: go }}\nfaults: [\"*=oom(c1)->delay(.5s)\"]{LIFECYCLE}"
+    )));
+    let (n, lines) = calls(&o);
+    assert!(
+        n > 5_000 && lines < 80,
+        "{n} calls in {lines} lines: {:#?}",
+        o.calls
+    );
+    assert!(o.faults.len() < 80, "{:?}", o.faults);
+}
+
+#[test]
+fn runtime_rs_retrying_a_failing_oom_poll_folds_its_record() {
+    let o = run_blocking(&scenario(&format!(
+        "name: rs-oom-error\nconfig: {{ persona: rs }}\nfaults: [\"GetOOMEvent=error(UNAVAILABLE)\"]{}",
+        LIFECYCLE.replace(
+            "  - wait: c1",
+            "  - kill: { container: c1, signal: 9 }\n  - wait: c1"
+        )
+    )));
+    let polls: u64 = o
+        .calls
+        .iter()
+        .filter(|l| l.starts_with("GetOOMEvent -> UNAVAILABLE"))
+        .map(|l| line_count(l))
+        .sum();
+    // runtime-rs retries at once: one poll per 10 ms round trip for 60 s.
+    assert!((5_000..=6_100).contains(&polls), "{polls}: {:#?}", o.calls);
+    assert!(o.calls.len() < 60, "{:#?}", o.calls);
+}
+
+#[test]
+fn a_hanging_stop_vm_ends_the_teardown() {
+    // StopVM=hang used to idle forever: nothing else was left to move the clock.
+    let o = run_blocking(&scenario(
+        "name: stopvm-hang
+faults: [\"StopVM=hang\"]
+steps:
+  - create_sandbox: {}
+  - create_container: { id: c1, args: [echo, hi] }
+  - start: c1
+  - wait: c1
+  - stop: c1
+",
+    ));
+    assert_eq!(
+        o.errors,
+        ["teardown: stuck in StopVM{wait_only=false} after 3600 s of virtual time"]
+    );
+    assert_eq!(o.teardown, kata_sim::schema::Teardown::Incomplete);
+    assert!(o.calls.len() < 40, "{:#?}", o.calls);
+}
+
+#[test]
+fn the_steps_share_a_budget_of_virtual_time() {
+    let mut text = String::from("name: budget\nsteps:\n");
+    for _ in 0..7 {
+        text.push_str("  - advance_time: 3600\n");
+    }
+    let o = run_blocking(&scenario(&text));
+    assert_eq!(
+        o.errors,
+        ["steps[6]: not run: the steps used their budget of 21600 s of virtual time"]
+    );
+}
+
+#[test]
+fn a_time_the_loader_did_not_see_is_that_steps_error_and_the_run_goes_on() {
+    // Built in code, past the loader: `advance_time: 1e300` panicked the whole run.
+    let mut s = scenario("name: inf\nsteps: []\n");
+    s.steps = vec![
+        Step::AdvanceTime(1e300),
+        Step::AdvanceTime(f64::NAN),
+        Step::AdvanceTime(-1.0),
+        Step::CreateSandbox(Default::default()),
+    ];
+    let o = run_blocking(&s);
+    assert_eq!(o.errors.len(), 3, "{:?}", o.errors);
+    assert!(
+        o.errors[0].starts_with("steps[0]: advance_time: 1e300 is not"),
+        "{:?}",
+        o.errors
+    );
+    assert!(
+        o.calls.iter().any(|c| c.starts_with("CreateSandbox")),
+        "the next step ran"
+    );
+}
+
+#[test]
+fn a_panicking_run_is_that_scenarios_error() {
+    let s = scenario("name: p\nsteps: []\n");
+    let o = kata_sim::runner::isolated(&s, |_| panic!("the model broke"));
+    assert_eq!(o.errors, ["the run panicked: the model broke"]);
+    let fine = kata_sim::runner::isolated(&s, run_blocking);
+    assert!(fine.errors.is_empty(), "the next run is unaffected");
+}
+
+#[test]
+fn the_real_time_watchdog_ends_a_run_on_the_real_clock() {
+    // Over the wire the clock is real: the watchdog, not virtual time, ends this hang.
+    let s = scenario(
+        "name: wire-hang
+faults: [\"StopVM=hang\"]
+steps:
+  - create_sandbox: {}
+  - destroy_sandbox
+",
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limits = Limits {
+        real: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let started = std::time::Instant::now();
+    let o = rt.block_on(run_with_limits::<Wire>(&s, limits));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        has_error(
+            &o,
+            "the run: stuck in StopVM{wait_only=false} after 0.3 s of real time"
+        ),
+        "{:?}",
+        o.errors
+    );
+}
