@@ -298,6 +298,10 @@ fn merge(binary: &Path, scratch: &Path, corpus: &Path, work: &Path) -> anyhow::R
     for f in kept {
         std::fs::copy(&f, corpus.join(f.file_name().unwrap_or_default()))?;
     }
-    eprintln!("merged: {} inputs in {}", count_files(corpus), corpus.display());
+    eprintln!(
+        "merged: {} inputs in {}",
+        count_files(corpus),
+        corpus.display()
+    );
     Ok(())
 }

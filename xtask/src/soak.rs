@@ -359,7 +359,9 @@ async fn pod_steps(
         .await
         .map_err(|x| e("WaitProcess")(&x))?;
     if got != status {
-        return Err(format!("WaitProcess: status {got}, want {status} ({script})"));
+        return Err(format!(
+            "WaitProcess: status {got}, want {status} ({script})"
+        ));
     }
     set("GetDiagnosticData");
     let diag = agent
@@ -376,7 +378,9 @@ async fn pod_steps(
         }
     }
     set("SignalProcess");
-    let signalled = agent.signal_process(cid.into(), String::new(), 9, true).await;
+    let signalled = agent
+        .signal_process(cid.into(), String::new(), 9, true)
+        .await;
     if fault == Fault::SignalDrop {
         expect_closed("SignalProcess", signalled)?;
         // The runtime dials again.
@@ -484,7 +488,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         .join("target")
         .join(if o.release { "release" } else { "debug" })
         .join("kata-sim");
-    let dir = tempfile::Builder::new().prefix("kata-sim-soak-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("kata-sim-soak-")
+        .tempdir()?;
     let socket = dir.path().join("hypervisor.sock");
     let state = dir.path().join("vms");
     let tmp = dir.path().join("tmp");
@@ -651,7 +657,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if !state_idle.is_empty() {
         println!(
             "  in the state dir once idle: {}",
-            state_idle.iter().take(8).cloned().collect::<Vec<_>>().join(", ")
+            state_idle
+                .iter()
+                .take(8)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     println!("server log: {log_lines} warnings and errors");

@@ -26,8 +26,11 @@ use sim_agent::server::transport::accept_handshake;
 use sim_agent::{AgentServer, Method, SimAgent, requests};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A fuzz body.
+pub type Body = fn(&[u8]);
+
 /// Every target: its name (the directory under `fuzz/corpus/`) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("frame", frame),
     ("dispatch", dispatch),
     ("handshake", handshake),
@@ -397,7 +400,9 @@ pub fn handshake(data: &[u8]) {
         // The whole input fits in the pipe; the hang-up ends a line that never comes.
         let (client, mut server) = tokio::io::duplex(data.len() + 64);
         let (mut rd, mut wr) = tokio::io::split(client);
-        wr.write_all(data).await.expect("the input fits in the pipe");
+        wr.write_all(data)
+            .await
+            .expect("the input fits in the pipe");
         let _ = wr.shutdown().await;
         drop(wr);
         let result = tokio::time::timeout(LIMIT, accept_handshake(&mut server))
@@ -410,8 +415,15 @@ pub fn handshake(data: &[u8]) {
                 let line = String::from_utf8_lossy(&data[..end]);
                 let words: Vec<&str> = line.split_whitespace().collect();
                 assert_eq!(words.len(), 2, "accepted {line:?}");
-                assert!(words[0].eq_ignore_ascii_case("connect"), "accepted {line:?}");
-                assert_eq!(words[1].parse::<u32>().ok(), Some(port), "accepted {line:?}");
+                assert!(
+                    words[0].eq_ignore_ascii_case("connect"),
+                    "accepted {line:?}"
+                );
+                assert_eq!(
+                    words[1].parse::<u32>().ok(),
+                    Some(port),
+                    "accepted {line:?}"
+                );
                 // What follows the line is still unread.
                 let mut rest = Vec::new();
                 let _ = server.read_to_end(&mut rest).await;
