@@ -212,7 +212,13 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             .with_context(|| format!("running {}", binary.display()))?;
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
         std::fs::write(scratch.join("fuzz.log"), &log)?;
-        let (runs, exec_per_sec, coverage) = stats(&log);
+        let (runs, last_rate, coverage) = stats(&log);
+        // The average over the run (a status line's rate is that of its last job).
+        let exec_per_sec = if runs > 0 {
+            runs / o.seconds
+        } else {
+            last_rate
+        };
         let findings: Vec<PathBuf> = artifacts(&found)
             .into_iter()
             .filter(|p| !before.contains(p))
