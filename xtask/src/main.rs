@@ -6,10 +6,10 @@
 //!   prints one table of ratios against baselines measured in the same run, marks each target
 //!   met or missed, and writes it to `docs/performance.md` with the machine and date.
 //! - `cargo xtask fuzz [--time S] [--target NAME]... [--merge]` runs every cargo-fuzz target
-//!   for S seconds (default 60) and reports runs, exec/s and crashes (see [`fuzz`]).
+//!   for S seconds (default 60) and reports runs, exec/s and crashes (see `xtask/src/fuzz.rs`).
 //! - `cargo xtask soak [--duration D] [--seed N] [--concurrency C] [--release]` runs random pod
 //!   lifecycles with faults against `kata-sim serve` and reports throughput, latency, memory,
-//!   fds and leftovers (see [`soak`]).
+//!   fds and leftovers (see `xtask/src/soak.rs`).
 
 mod fuzz;
 mod soak;
