@@ -5,6 +5,14 @@
 //! - `cargo xtask bench-report [--quick]` runs the criterion benches (briefly with `--quick`),
 //!   prints one table of ratios against baselines measured in the same run, marks each target
 //!   met or missed, and writes it to `docs/performance.md` with the machine and date.
+//! - `cargo xtask fuzz [--time S] [--target NAME]... [--merge]` runs every cargo-fuzz target
+//!   for S seconds (default 60) and reports runs, exec/s and crashes (see `xtask/src/fuzz.rs`).
+//! - `cargo xtask soak [--duration D] [--seed N] [--concurrency C] [--release]` runs random pod
+//!   lifecycles with faults against `kata-sim serve` and reports throughput, latency, memory,
+//!   fds and leftovers (see `xtask/src/soak.rs`).
+
+mod fuzz;
+mod soak;
 
 use std::process::Command;
 
@@ -15,11 +23,20 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "ci" => ci(),
         "bench-report" => bench_report(std::env::args().any(|a| a == "--quick")),
+        "fuzz" => fuzz::run(&fuzz::Options::parse(&rest())?),
+        "soak" => soak::run(&soak::Options::parse(&rest())?),
         _ => {
-            eprintln!("usage: cargo xtask ci | cargo xtask bench-report [--quick]");
+            eprintln!(
+                "usage: cargo xtask ci | bench-report [--quick] | fuzz [--time S] [--target NAME]... [--merge] | soak [--duration D] [--seed N] [--concurrency C] [--release]"
+            );
             bail!("unknown task {task:?}")
         }
     }
+}
+
+/// The arguments after the task's name.
+fn rest() -> Vec<String> {
+    std::env::args().skip(2).collect()
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
