@@ -63,9 +63,15 @@ pub enum PathError {
 impl GuestFs {
     /// A guest root in a fresh temporary directory, removed on drop.
     pub fn temp() -> io::Result<Self> {
+        Self::temp_in(&std::env::temp_dir())
+    }
+
+    /// A guest root in a fresh temporary directory (`kata-sim-guest-*`) in `parent`, removed
+    /// on drop.
+    pub fn temp_in(parent: &Path) -> io::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("kata-sim-guest-")
-            .tempdir()?;
+            .tempdir_in(parent)?;
         Ok(GuestFs {
             root: dir.path().to_path_buf(),
             owned: Some(dir),
