@@ -448,7 +448,6 @@ mod tests {
             &b"add Check=hang"[..],
             b"{\"op\":\"explode\"}",
             b"{\"op\":\"remove\",\"id\":\"x\"}",
-            b"{\"op\":\"list\",\"extra\":1}",
             b"\xff\xfe",
         ] {
             assert!(
