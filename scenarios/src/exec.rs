@@ -15,11 +15,18 @@
 //! | `KATA_SIM_STATE_DIR` | where the VMs' agent sockets are |
 //! | `KATA_SIM_SCENARIO` | the scenario's name |
 //! | `KATA_SIM_SEED` | its seed |
+//!
+//! After [`stop_on_signals`], SIGTERM or SIGINT stops a run cleanly: the command gets the
+//! same signal (and SIGKILL if it is still there [`STOP_GRACE`] later), the service shuts
+//! down (its socket and VM directories go), and [`interrupted`] tells the caller to run
+//! nothing more.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use sim_agent::fault::FaultEngine;
 use sim_hypervisor::{Fleet, FleetConfig, RemoteHypervisorServer, SimVmConfig};
@@ -30,10 +37,81 @@ use crate::schema::{Scenario, Teardown};
 /// How long the command may run.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 
+/// How long a signalled command has to exit before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The first SIGTERM or SIGINT received since [`stop_on_signals`].
+static STOP: LazyLock<watch::Sender<Option<nix::sys::signal::Signal>>> =
+    LazyLock::new(|| watch::channel(None).0);
+
+/// Makes SIGTERM and SIGINT stop exec runs cleanly instead of killing the process (which
+/// would leave the service's socket and state behind). The handlers are in place when this
+/// returns; they stay for the life of the process. A thread of its own waits for the signals,
+/// so that they are caught between runs too.
+pub fn stop_on_signals() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("kata-sim-signals".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let (mut term, mut int) = match (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) {
+                    (Ok(t), Ok(i)) => (t, i),
+                    (Err(e), _) | (_, Err(e)) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let sig = tokio::select! {
+                    _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
+                    _ = int.recv() => nix::sys::signal::Signal::SIGINT,
+                };
+                tracing::info!(signal = %sig, "stopping the exec run");
+                STOP.send_replace(Some(sig));
+                // Later signals change nothing: the run is already stopping.
+                loop {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+            });
+        })?;
+    ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the signal thread ended")))
+}
+
+/// The signal that stopped the exec runs, if one did (see [`stop_on_signals`]).
+pub fn interrupted() -> Option<nix::sys::signal::Signal> {
+    *STOP.borrow()
+}
+
 /// Runs `command` against a kata-sim service set up for `s`.
 pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
+    if let Some(sig) = interrupted() {
+        return failed(s, format!("not run: interrupted by {sig}"));
+    }
     let mut errors = Vec::new();
-    let agent = agent_config(s);
+    let mut agent = agent_config(s);
+    // The guests' roots go in the run's directory, which is removed after the run.
+    if agent.guest_root.is_none() {
+        agent.temp_dir = Some(dir.to_path_buf());
+    }
     let mut config = FleetConfig::new(dir.join("vms"));
     config.vm = SimVmConfig {
         agent,
@@ -67,15 +145,28 @@ pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
         .env("KATA_SIM_SCENARIO", &s.name)
         .env("KATA_SIM_SEED", s.seed.to_string())
         .kill_on_drop(true)
-        .status();
-    match tokio::time::timeout(COMMAND_LIMIT, child).await {
-        Ok(Ok(status)) if status.success() => {}
-        Ok(Ok(status)) => errors.push(format!("the command exited with {status}")),
-        Ok(Err(e)) => errors.push(format!("cannot run {program:?}: {e}")),
-        Err(_) => errors.push(format!(
-            "the command did not finish within {} s",
-            COMMAND_LIMIT.as_secs()
-        )),
+        .spawn();
+    match child {
+        Err(e) => errors.push(format!("cannot run {program:?}: {e}")),
+        Ok(mut child) => {
+            let mut stop = STOP.subscribe();
+            tokio::select! {
+                r = tokio::time::timeout(COMMAND_LIMIT, child.wait()) => match r {
+                    Ok(Ok(status)) if status.success() => {}
+                    Ok(Ok(status)) => errors.push(format!("the command exited with {status}")),
+                    Ok(Err(e)) => errors.push(format!("waiting for {program:?}: {e}")),
+                    Err(_) => errors.push(format!(
+                        "the command did not finish within {} s",
+                        COMMAND_LIMIT.as_secs()
+                    )),
+                },
+                Ok(sig) = stop.wait_for(Option::is_some) => {
+                    let sig = sig.unwrap_or(nix::sys::signal::Signal::SIGTERM);
+                    errors.push(format!("interrupted by {sig}: the command was stopped"));
+                    stop_child(&mut child, sig).await;
+                }
+            }
+        }
     }
     // The runtime is done: whatever VM it left is a teardown it did not complete.
     let left = fleet.ids();
@@ -104,6 +195,19 @@ pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
             Teardown::Incomplete
         },
         guest_containers: Vec::new(),
+    }
+}
+
+/// Passes `sig` on to the command, then kills it if it is still there after [`STOP_GRACE`].
+async fn stop_child(child: &mut tokio::process::Child, sig: nix::sys::signal::Signal) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
     }
 }
 

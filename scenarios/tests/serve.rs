@@ -207,3 +207,153 @@ async fn faults_are_installed_at_start_and_flipped_through_the_control_socket() 
     assert!(log.contains("seed=5"), "{log}");
     assert!(!control.exists() && !socket.exists());
 }
+
+fn spawn_serve(socket: &Path, extra: &[&std::ffi::OsStr]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+        .args(["serve", "--hypervisor-socket"])
+        .arg(socket)
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// After a SIGKILL the next `kata-sim serve` on the same state dir removes the VM directories
+/// and guest roots the dead one left (and says so), and nothing that is not its own.
+#[tokio::test]
+async fn a_restart_after_sigkill_cleans_what_the_dead_instance_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hypervisor.sock");
+    let vms = dir.path().join("vms");
+    let mut child = spawn_serve(&socket, &[]);
+    let log = follow_log(&mut child);
+    let hv = RemoteHypervisor::connect(&socket).await.unwrap();
+    hv.create_vm(
+        "pod1".into(),
+        Network::default(),
+        HypervisorConfig::default(),
+    )
+    .await
+    .unwrap();
+    hv.start_vm(30).await.unwrap();
+    // Files that are not kata-sim's, in its state dir.
+    std::fs::write(vms.join("notes.txt"), b"mine").unwrap();
+    std::fs::create_dir(vms.join("other")).unwrap();
+    std::fs::write(vms.join("other/agent.sock"), b"a file, not a socket").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || (child.wait().unwrap(), log.join().unwrap()))
+        .await
+        .unwrap();
+    let leftovers = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = leftovers(&vms);
+    assert!(before.contains(&"pod1".to_string()), "{before:?}");
+    assert!(
+        before.iter().any(|n| n.starts_with("kata-sim-guest-")),
+        "the guest root is in the state dir: {before:?}"
+    );
+
+    let mut child = spawn_serve(&socket, &[]);
+    let log = follow_log(&mut child);
+    let after = leftovers(&vms);
+    assert_eq!(
+        after,
+        vec![".kata-sim.lock", "notes.txt", "other"],
+        "only the dead instance's own files went"
+    );
+    // A second server on the same state dir is refused while this one runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+        .args(["serve", "--hypervisor-socket"])
+        .arg(dir.path().join("hv2.sock"))
+        .arg("--state-dir")
+        .arg(&vms)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another kata-sim serve"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, log) = stop(child, log, nix::sys::signal::Signal::SIGTERM).await;
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("cleaned up what a previous kata-sim serve left"),
+        "{log}"
+    );
+    assert_eq!(leftovers(&vms), vec!["notes.txt", "other"]);
+    assert_eq!(std::fs::read(vms.join("notes.txt")).unwrap(), b"mine");
+    assert!(!socket.exists());
+}
+
+/// A regular file at `--control` is never replaced; a control socket that cannot be bound
+/// (its directory is missing) fails the start and leaves no hypervisor socket or state dir.
+#[test]
+fn a_failed_control_socket_fails_the_start_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hv.sock");
+    let file = dir.path().join("control");
+    std::fs::write(&file, b"precious").unwrap();
+    for (control, needle) in [
+        (file.clone(), "a regular file"),
+        (dir.path().join("nope/control.sock"), "does not exist"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+            .args(["serve", "--hypervisor-socket"])
+            .arg(&socket)
+            .arg("--control")
+            .arg(&control)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&control.display().to_string()) && err.contains(needle),
+            "{err}"
+        );
+        assert!(!socket.exists(), "{err}");
+        assert!(!dir.path().join("vms").exists(), "{err}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+    assert!(!dir.path().join("nope").exists());
+}
+
+/// `kata-sim fault` pointed at the hypervisor socket (not a control socket) ends with a
+/// message instead of hanging; the control socket is 0600.
+#[tokio::test]
+async fn fault_commands_on_a_wrong_socket_end_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hypervisor.sock");
+    let control = dir.path().join("control.sock");
+    let mut child = spawn_serve(&socket, &["--control".as_ref(), control.as_os_str()]);
+    let log = follow_log(&mut child);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&control).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+        .args(["fault", "list", "--timeout", "1", "--control"])
+        .arg(&socket)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("kata-sim fault hung")
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("control socket"), "{err}");
+    let (status, log) = stop(child, log, nix::sys::signal::Signal::SIGINT).await;
+    assert!(status.success(), "{log}");
+}

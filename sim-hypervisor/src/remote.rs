@@ -378,16 +378,10 @@ impl remote_ttrpc::Hypervisor for Service {
 pub struct RemoteHypervisorServer {
     server: TtrpcServer,
     socket: PathBuf,
-    /// The socket file's (device, inode): removed on shutdown only if it is still ours.
-    identity: Option<(u64, u64)>,
+    /// The socket file: removed when the server goes (on shutdown, or a failed start), only if
+    /// it is still ours.
+    file: sim_agent::server::transport::SocketFile,
     fleet: Arc<Fleet>,
-}
-
-fn file_identity(p: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::symlink_metadata(p)
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
 }
 
 impl std::fmt::Debug for RemoteHypervisorServer {
@@ -400,32 +394,11 @@ impl std::fmt::Debug for RemoteHypervisorServer {
 
 impl RemoteHypervisorServer {
     /// Serves `fleet` on the unix socket `socket` (0600). A stale socket file is replaced; a
-    /// socket someone still serves is an error.
+    /// socket someone still serves, or any other file, is an error that names the path, and so
+    /// is a directory that does not exist.
     pub async fn bind(socket: &Path, fleet: Arc<Fleet>) -> Result<Self> {
-        if socket.exists() {
-            if tokio::net::UnixStream::connect(socket).await.is_ok() {
-                return Err(HypervisorError::Io(format!(
-                    "{} is in use by another server",
-                    socket.display()
-                )));
-            }
-            std::fs::remove_file(socket).map_err(|e| {
-                HypervisorError::Io(format!("removing stale {}: {e}", socket.display()))
-            })?;
-        }
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| HypervisorError::Io(format!("{}: {e}", dir.display())))?;
-        }
-        let listener = std::os::unix::net::UnixListener::bind(socket).map_err(|e| {
-            HypervisorError::Io(format!("cannot listen on {}: {e}", socket.display()))
-        })?;
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
-        }
-        listener
-            .set_nonblocking(true)
+        // One helper binds every socket: 0600, only a stale socket replaced, no directory made.
+        let (listener, file) = sim_agent::server::transport::bind_unix(socket)
             .map_err(|e| HypervisorError::Io(e.to_string()))?;
         let listener = tokio::net::UnixListener::from_std(listener)
             .map_err(|e| HypervisorError::Io(e.to_string()))?;
@@ -443,7 +416,7 @@ impl RemoteHypervisorServer {
         Ok(RemoteHypervisorServer {
             server,
             socket: socket.to_path_buf(),
-            identity: file_identity(socket),
+            file,
             fleet,
         })
     }
@@ -462,10 +435,8 @@ impl RemoteHypervisorServer {
     pub async fn shutdown(self) {
         self.server.shutdown().await;
         self.fleet.shutdown().await;
-        // A server started since on the same path owns the file now.
-        if self.identity.is_some() && file_identity(&self.socket) == self.identity {
-            let _ = std::fs::remove_file(&self.socket);
-        }
+        // A server started since on the same path owns the file now: `file` checks.
+        drop(self.file);
     }
 }
 

@@ -110,6 +110,10 @@ enum Command {
         /// The control socket.
         #[arg(long, global = true)]
         control: Option<PathBuf>,
+        /// Give up after this many seconds without an answer (a socket that is not a control
+        /// socket never answers).
+        #[arg(long, global = true, default_value_t = 5.0)]
+        timeout: f64,
         #[command(subcommand)]
         op: FaultOp,
     },
@@ -144,12 +148,59 @@ fn main() -> anyhow::Result<()> {
         | Command::Trace { .. }
         | Command::Diff { .. }
         | Command::Schema => scenario_main(cli.command),
-        command => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?
-            .block_on(async_main(command)),
+        Command::Serve {
+            hypervisor_socket,
+            state_dir,
+            agent_version,
+            boot_time_ms,
+            faults,
+            seed,
+            control,
+        } => {
+            init_logging();
+            let opts = ServeOptions {
+                hypervisor_socket,
+                state_dir,
+                agent_version,
+                boot_time: Duration::from_millis(boot_time_ms),
+                faults,
+                seed,
+                control,
+            };
+            let rt = runtime()?;
+            let state = rt.block_on(serve(&opts));
+            // Every deletion the shutdown started has finished once the runtime is gone; the
+            // state directory's last sweep runs after that.
+            drop(rt);
+            drop(state?);
+            tracing::info!("stopped; sockets removed");
+            Ok(())
+        }
+        command => runtime()?.block_on(async_main(command)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// `kata-sim serve` until SIGINT or SIGTERM; returns the state directory to release.
+async fn serve(opts: &ServeOptions) -> anyhow::Result<kata_sim::serve::StateDir> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Before anything is created: a signal from now on is a clean shutdown.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let serving = start(opts).await?;
+    tracing::info!(agent_version = %opts.agent_version, seed = opts.seed, rules = opts.faults.len(), "kata-sim serving; Ctrl-C or SIGTERM to stop");
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal, "shutting down");
+    Ok(serving.shutdown().await)
 }
 
 fn init_logging() {
@@ -166,67 +217,41 @@ fn init_logging() {
 async fn async_main(command: Command) -> anyhow::Result<()> {
     init_logging();
     match command {
-        Command::Serve {
-            hypervisor_socket,
-            state_dir,
-            agent_version,
-            boot_time_ms,
-            faults,
-            seed,
+        Command::Fault {
             control,
+            timeout,
+            op,
         } => {
-            let opts = ServeOptions {
-                hypervisor_socket,
-                state_dir,
-                agent_version,
-                boot_time: Duration::from_millis(boot_time_ms),
-                faults,
-                seed,
-            };
-            let server = start(&opts)
-                .await
-                .with_context(|| format!("serving {}", opts.hypervisor_socket.display()))?;
-            let _control = match &control {
-                Some(path) => Some(
-                    sim_agent::fault::control::serve(path, server.fleet().faults().clone())
-                        .with_context(|| format!("control socket {}", path.display()))?,
-                ),
-                None => None,
-            };
-            tracing::info!(agent_version = %agent_version, seed, rules = opts.faults.len(), "kata-sim serving; Ctrl-C to stop");
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .context("installing the SIGTERM handler")?;
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-                _ = term.recv() => {}
-            }
-            tracing::info!("shutting down");
-            server.shutdown().await;
-            tracing::info!("stopped; sockets removed");
-            Ok(())
-        }
-        Command::Fault { control, op } => {
+            use sim_agent::fault::control::{self, Request, Response};
             let control = control.context("--control PATH is required")?;
-            let line = match op {
-                FaultOp::Add { rule } => format!("add {rule}"),
-                FaultOp::Remove { id } => format!("remove {id}"),
-                FaultOp::List => "list".into(),
-                FaultOp::Clear => "clear".into(),
-                FaultOp::Fired => "fired".into(),
+            let req = match op {
+                FaultOp::Add { rule } => Request::Add { rule },
+                FaultOp::Remove { id } => Request::Remove { id },
+                FaultOp::List => Request::List,
+                FaultOp::Clear => Request::Clear,
+                FaultOp::Fired => Request::Fired,
             };
-            let lines = sim_agent::fault::control::request(&control, &line)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            for l in lines {
-                if let Some(id) = l.strip_prefix("ok ") {
-                    println!("{id}");
-                } else if l != "ok" {
-                    println!("{l}");
+            let timeout = Duration::try_from_secs_f64(timeout)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .context("--timeout must be a positive number of seconds")?;
+            match control::request_within(&control, &req, timeout).await? {
+                Response::Added { id } => println!("{id}"),
+                Response::Rules { rules } => {
+                    for r in rules {
+                        println!("rule {} {}", r.id, r.rule);
+                    }
                 }
+                Response::Fired { fired } => {
+                    for f in fired {
+                        println!("fired {} {} {}", f.rule, f.target, f.action);
+                    }
+                }
+                Response::Removed { .. } | Response::Cleared | Response::Error { .. } => {}
             }
             Ok(())
         }
+        Command::Serve { .. } => unreachable!("handled in main"),
         Command::Run { .. }
         | Command::Check { .. }
         | Command::Trace { .. }
@@ -266,8 +291,15 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
             };
             let files = runner::find(&paths).context("finding scenario files")?;
             anyhow::ensure!(!files.is_empty(), "no scenario files under {paths:?}");
+            if exec.is_some() {
+                // SIGTERM/SIGINT stop the run cleanly: the command, the service, its files.
+                kata_sim::exec::stop_on_signals().context("installing the signal handlers")?;
+            }
             let mut reports = Vec::new();
             for (i, f) in files.iter().enumerate() {
+                if kata_sim::exec::interrupted().is_some() {
+                    break;
+                }
                 let r = runner::run_file(
                     f,
                     &runner::Overrides {
@@ -295,6 +327,14 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
             if let Some(j) = junit {
                 std::fs::write(&j, runner::junit(&reports))
                     .with_context(|| format!("writing {}", j.display()))?;
+            }
+            if let Some(sig) = kata_sim::exec::interrupted() {
+                eprintln!(
+                    "interrupted by {sig}: {} of {} scenarios run",
+                    reports.len(),
+                    files.len()
+                );
+                std::process::exit(128 + sig as i32)
             }
             if reports.iter().all(runner::Report::passed) {
                 Ok(())
@@ -334,6 +374,9 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
             command,
         } => {
             anyhow::ensure!(drivers.len() == 2, "give --driver twice");
+            if drivers.iter().any(|d| d == "exec") {
+                kata_sim::exec::stop_on_signals().context("installing the signal handlers")?;
+            }
             let mut calls = Vec::new();
             for d in &drivers {
                 let overrides = if d == "exec" {
@@ -354,6 +397,10 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
                     }
                 };
                 let r = runner::run_file(&scenario, &overrides);
+                if let Some(sig) = kata_sim::exec::interrupted() {
+                    eprintln!("interrupted by {sig}");
+                    std::process::exit(128 + sig as i32)
+                }
                 if let Some(e) = r.load_error {
                     anyhow::bail!("{e}");
                 }

@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the agent protocol until Ctrl-C.
+    /// Serve the agent protocol until SIGINT (Ctrl-C), SIGTERM or DestroySandbox.
     Serve {
         /// Address to listen on: unix://PATH, remote://PATH, mock://PATH, hvsock://PATH or
         /// vsock://CID:PORT. Repeatable.
@@ -43,8 +43,7 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -54,7 +53,25 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    // The agent outlives the runtime: once the runtime is gone (and every task with its clone
+    // of the agent), dropping the last clone deletes a temporary guest root right here,
+    // rather than as a blocking task that the runtime's shutdown could cancel.
+    let mut agent = None;
+    let r = rt.block_on(run(cli.command, &mut agent));
+    drop(rt);
+    drop(agent);
+    if r.is_ok() {
+        tracing::info!("stopped");
+    }
+    r
+}
+
+async fn run(command: Command, keep: &mut Option<SimAgent>) -> anyhow::Result<()> {
+    match command {
         Command::Serve {
             listen,
             agent_version,
@@ -64,6 +81,12 @@ async fn main() -> anyhow::Result<()> {
             seed,
             control,
         } => {
+            use tokio::signal::unix::{SignalKind, signal};
+            // Before anything is created: a signal from now on is a clean shutdown.
+            let mut term =
+                signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+            let mut int =
+                signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
             let mut config = SimConfig::for_version(agent_version);
             config.guest_root = guest_root;
             config.policy_enabled = policy;
@@ -71,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
             // The agent serves until it is stopped: its trace keeps the most recent calls only.
             config.trace = Some(sim_agent::Trace::bounded(SERVER_TRACE_LIMIT));
             let agent = SimAgent::with_config(config).context("creating the guest root")?;
+            *keep = Some(agent.clone());
             let engine = FaultEngine::bounded(seed, SERVER_TRACE_LIMIT);
             for rule in &faults {
                 engine
@@ -79,17 +103,17 @@ async fn main() -> anyhow::Result<()> {
             }
             agent.set_fault_hook(std::sync::Arc::new(engine.clone()));
             tracing::info!(seed, rules = faults.len(), "faults installed");
+            // Removed when dropped, on every way out of here.
             let _control = match &control {
-                Some(path) => Some(
-                    sim_agent::fault::control::serve(path, engine.clone())
-                        .with_context(|| format!("control socket {}", path.display()))?,
-                ),
+                Some(path) => Some(sim_agent::fault::control::serve(path, engine.clone())?),
                 None => None,
             };
             tracing::info!(root = %agent.guest_root().display(), version = %agent_version, "guest ready");
+            // A listener that fails to bind leaves none of the others bound.
             let server = AgentServer::bind(agent.clone(), &listen).await?;
             tokio::select! {
-                r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+                _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+                _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
                 _ = agent.terminated() => {
                     tracing::info!("DestroySandbox: the agent ends its service");
                     // Every connection answers its calls in flight, then closes by itself.
@@ -98,7 +122,6 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             server.shutdown().await;
-            tracing::info!("stopped");
             Ok(())
         }
     }

@@ -80,12 +80,25 @@ impl AgentServer {
     pub async fn bind(agent: SimAgent, urls: &[impl AsRef<str>]) -> Result<Self, ServerError> {
         let mut server = AgentServer::new(agent);
         for url in urls {
-            let addr: AgentAddr = url.as_ref().parse()?;
-            let bound = bind(&addr).await.map_err(|source| ServerError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?;
-            server.spawn_accept(addr, bound);
+            let bound = match url.as_ref().parse::<AgentAddr>() {
+                Err(e) => Err(ServerError::from(e)),
+                Ok(addr) => match bind(&addr).await {
+                    Ok(bound) => Ok((addr, bound)),
+                    Err(source) => Err(ServerError::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    }),
+                },
+            };
+            match bound {
+                Ok((addr, bound)) => server.spawn_accept(addr, bound),
+                Err(e) => {
+                    // A failed start leaves nothing bound: the listeners bound so far close and
+                    // their socket files go.
+                    server.shutdown().await;
+                    return Err(e);
+                }
+            }
         }
         Ok(server)
     }

@@ -6,16 +6,19 @@
 //! | `hvsock://PATH` | hybrid vsock: a unix socket where each connection first sends `CONNECT <port>\n` |
 //! | `vsock://CID:PORT` | AF_VSOCK |
 //!
-//! Socket files are created with mode 0600. A stale socket file (nothing accepts on it) is
-//! replaced; a live one is an error.
+//! Socket files are bound by [`bind_unix`], the one helper of every server here: mode 0600
+//! whatever the umask, a stale socket file (nothing accepts on it) replaced, and anything else
+//! at the path (a live socket, a regular file, a FIFO, ...) an error that names it; the
+//! directory must exist. The [`SocketFile`] it returns removes the file when dropped.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 
 /// The agent's ttrpc port on vsock and hybrid vsock (`vSockPort`).
 pub const AGENT_PORT: u32 = 1024;
@@ -157,8 +160,9 @@ pub type BoxConn = Box<dyn Conn>;
 /// A bound listener.
 #[derive(Debug)]
 pub enum Bound {
-    /// A unix socket (also hybrid vsock, whose handshake runs per connection).
-    Unix(UnixListener),
+    /// A unix socket (also hybrid vsock, whose handshake runs per connection), with the socket
+    /// file it created (none for an abstract socket), removed when the listener goes.
+    Unix(UnixListener, Option<SocketFile>),
     /// A vsock socket.
     Vsock(tokio_vsock::VsockListener),
 }
@@ -167,13 +171,14 @@ impl Bound {
     /// Accepts one connection.
     pub async fn accept(&mut self) -> io::Result<BoxConn> {
         match self {
-            Bound::Unix(l) => Ok(Box::new(l.accept().await?.0)),
+            Bound::Unix(l, _) => Ok(Box::new(l.accept().await?.0)),
             Bound::Vsock(l) => Ok(Box::new(l.accept().await?.0)),
         }
     }
 }
 
-/// Binds `addr`: replaces a stale socket file, refuses a live one, sets mode 0600.
+/// Binds `addr`; a socket file goes through [`bind_unix`] (0600, only a stale socket
+/// replaced, the directory must exist).
 pub async fn bind(addr: &AgentAddr) -> io::Result<Bound> {
     match addr {
         AgentAddr::Unix { path, .. } | AgentAddr::HybridVsock { path, .. } => {
@@ -182,32 +187,259 @@ pub async fn bind(addr: &AgentAddr) -> io::Result<Bound> {
                 let name = String::from_utf8_lossy(name).into_owned();
                 let std = bind_abstract(&name)?;
                 std.set_nonblocking(true)?;
-                return Ok(Bound::Unix(UnixListener::from_std(std)?));
+                return Ok(Bound::Unix(UnixListener::from_std(std)?, None));
             }
-            if path.exists() {
-                if UnixStream::connect(path).await.is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!(
-                            "{} is a live socket; another server listens there",
-                            path.display()
-                        ),
-                    ));
-                }
-                std::fs::remove_file(path)?;
-            }
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)?;
-            }
-            let l = UnixListener::bind(path)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-            Ok(Bound::Unix(l))
+            let (std, file) = bind_unix(path).map_err(io::Error::from)?;
+            Ok(Bound::Unix(UnixListener::from_std(std)?, Some(file)))
         }
         AgentAddr::Vsock { cid, port } => {
             let l = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(*cid, *port))?;
             Ok(Bound::Vsock(l))
         }
     }
+}
+
+/// Why a unix socket could not be bound at a path.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// A server accepts connections on the socket already there.
+    #[error("{} is already in use (a live socket: a server accepts connections on it)", .path.display())]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something other than a socket is there; it is never replaced.
+    #[error("{} exists and is {kind}, not a socket; refusing to replace it", .path.display())]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+        /// What is there (`a regular file`, `a FIFO`, ...).
+        kind: &'static str,
+    },
+    /// The directory the socket would go in does not exist (it is not created).
+    #[error("cannot create the socket {}: the directory {} does not exist", .path.display(), .dir.display())]
+    NoDirectory {
+        /// The socket path.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// Another I/O error.
+    #[error("cannot bind {}: {source}", .path.display())]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+impl From<BindError> for io::Error {
+    fn from(e: BindError) -> io::Error {
+        let kind = match &e {
+            BindError::InUse { .. } => io::ErrorKind::AddrInUse,
+            BindError::NotASocket { .. } => io::ErrorKind::AlreadyExists,
+            BindError::NoDirectory { .. } => io::ErrorKind::NotFound,
+            BindError::Io { source, .. } => source.kind(),
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// A socket file this process created: removed when dropped, if the path still holds that
+/// very file (device and inode), so a server started since on the same path keeps its socket.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if file_identity(&self.path) == Some(self.identity) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn file_identity(p: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(p)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// What a non-socket file is, for messages.
+fn kind_of(t: std::fs::FileType) -> &'static str {
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a socket"
+    }
+}
+
+/// How many times [`bind_unix`] looks again when the path changes under it.
+const BIND_ATTEMPTS: usize = 3;
+
+/// Binds a listening unix socket at `path` for every server of this workspace (sim-agent's
+/// listeners, the remote-hypervisor socket, the fault control sockets):
+///
+/// - nothing there: the socket is created;
+/// - a stale socket (a socket file nobody accepts on): it is replaced;
+/// - a live socket: [`BindError::InUse`]; anything else (a regular file, a FIFO, a directory,
+///   a symlink): [`BindError::NotASocket`]. Nothing but a stale socket is ever removed, and
+///   `bind(2)` itself never replaces a file, so a file that appears meanwhile is not lost;
+/// - the directory must exist ([`BindError::NoDirectory`]): a typo never creates directories.
+///
+/// The socket file has mode 0600 whatever the umask, from the moment it exists: the socket's
+/// mode is set (`fchmod`) before `bind(2)` creates the file, which takes it from there (Linux),
+/// and nothing can connect before `listen(2)`, after the mode is checked. The listener is
+/// non-blocking; the returned [`SocketFile`] removes the file when dropped.
+pub fn bind_unix(path: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFile), BindError> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let io_err = |source: io::Error| BindError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let no_dir = || BindError::NoDirectory {
+        path: path.to_path_buf(),
+        dir: dir.to_path_buf(),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", dir.display()),
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_dir()),
+        Err(e) => return Err(io_err(e)),
+    }
+    let addr = UnixAddr::new(path).map_err(|e| io_err(e.into()))?;
+    for _ in 0..BIND_ATTEMPTS {
+        clear_stale(path)?;
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(|e| io_err(e.into()))?;
+        // The file bind(2) creates takes the socket's mode (less the umask).
+        nix::sys::stat::fchmod(
+            fd.as_raw_fd(),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| io_err(e.into()))?;
+        match socket::bind(fd.as_raw_fd(), &addr) {
+            Ok(()) => {}
+            // Something appeared at the path since it was looked at: look again.
+            Err(nix::errno::Errno::EADDRINUSE) => continue,
+            Err(nix::errno::Errno::ENOENT) => return Err(no_dir()),
+            Err(e) => return Err(io_err(e.into())),
+        }
+        let meta = std::fs::symlink_metadata(path).map_err(io_err)?;
+        let file = SocketFile {
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+        };
+        if meta.mode() & 0o077 != 0 {
+            // A kernel that ignored the socket's mode: nobody can connect before listen(2).
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_err)?;
+        }
+        socket::listen(&fd, Backlog::MAXCONN).map_err(|e| io_err(e.into()))?;
+        return Ok((std::os::unix::net::UnixListener::from(fd), file));
+    }
+    Err(BindError::InUse {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Whether a server accepts connections on the socket at `path` (a full backlog counts as
+/// live); asked without blocking.
+pub fn is_live(path: &Path) -> bool {
+    matches!(probe(path), Ok(()) | Err(nix::errno::Errno::EAGAIN))
+}
+
+/// Connects to the socket at `path` without blocking (a full backlog is `EAGAIN`, not a wait).
+fn probe(path: &Path) -> nix::Result<()> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)
+}
+
+/// Makes room at `path` if, and only if, a stale socket is there.
+fn clear_stale(path: &Path) -> Result<(), BindError> {
+    let io_err = |source: io::Error| BindError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(BindError::NotASocket {
+            path: path.to_path_buf(),
+            kind: kind_of(meta.file_type()),
+        });
+    }
+    match probe(path) {
+        Ok(()) => {
+            return Err(BindError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(nix::errno::Errno::ECONNREFUSED) => {}
+        // Replaced or removed since: the caller looks again.
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        // A full backlog: someone serves it (slowly).
+        Err(nix::errno::Errno::EAGAIN) => {
+            return Err(BindError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) => {
+            return Err(io_err(io::Error::new(
+                io::Error::from(e).kind(),
+                format!("cannot tell whether the socket there is in use: {e}"),
+            )));
+        }
+    }
+    // Only the stale socket that was probed is removed.
+    if file_identity(path) == Some((meta.dev(), meta.ino())) {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(e)),
+            _ => tracing::info!(path = %path.display(), "replaced a stale socket"),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(target_os = "linux")]

@@ -369,9 +369,15 @@ impl Drop for GuestFs {
 impl GuestFs {
     /// A guest root in a fresh temporary directory, removed on drop.
     pub fn temp() -> io::Result<Self> {
+        Self::temp_in(&std::env::temp_dir())
+    }
+
+    /// A guest root in a fresh temporary directory (`kata-sim-guest-*`) in `parent`, removed
+    /// on drop.
+    pub fn temp_in(parent: &Path) -> io::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("kata-sim-guest-")
-            .tempdir()?;
+            .tempdir_in(parent)?;
         Ok(GuestFs {
             root: Arc::new(Confined::open(dir.path())?),
             owned: Some(dir),

@@ -160,7 +160,10 @@ impl Guest {
     pub fn new(config: SimConfig, trace: Trace) -> std::io::Result<Self> {
         let fs = match &config.guest_root {
             Some(p) => GuestFs::at(p.clone())?,
-            None => GuestFs::temp()?,
+            None => match &config.temp_dir {
+                Some(parent) => GuestFs::temp_in(parent)?,
+                None => GuestFs::temp()?,
+            },
         };
         let online_vcpus = 1;
         Ok(Guest {

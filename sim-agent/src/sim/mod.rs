@@ -36,6 +36,9 @@ pub struct SimConfig {
     pub version: AgentVersion,
     /// The host directory used as the guest's `/`; a temporary directory when `None`.
     pub guest_root: Option<PathBuf>,
+    /// Where that temporary directory is made (`kata-sim-guest-*`; default: the system's
+    /// temporary directory), so that a server can find its own guests' roots after a crash.
+    pub temp_dir: Option<PathBuf>,
     /// What `GetGuestDetails` and `Health.Version` report.
     pub details: GuestDetailsProfile,
     /// Whether the agent was built with `agent-policy` (then `SetPolicy` stores the policy;

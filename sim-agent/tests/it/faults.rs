@@ -410,26 +410,103 @@ async fn the_control_socket_changes_rules_of_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("control.sock");
     let _control = control::serve(&path, engine.clone()).unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the control socket is private");
     let a = RemoteAgent::connect(&srv.url("unix")).await.unwrap();
     a.check().await.unwrap();
-    let id = control::request(&path, "add Check=error(ABORTED)")
+    let add = |rule: &str| control::Request::Add { rule: rule.into() };
+    let id = control::request(&path, &add("Check=error(ABORTED)"))
         .await
         .unwrap();
-    assert_eq!(id, vec!["ok 1".to_string()]);
+    assert_eq!(id, control::Response::Added { id: 1 });
     assert_eq!(status(a.check().await).0, Code::ABORTED);
     assert_eq!(
-        control::request(&path, "list").await.unwrap(),
-        vec!["rule 1 Check=error(ABORTED)".to_string(), "ok".into()]
+        control::request(&path, &control::Request::List)
+            .await
+            .unwrap(),
+        control::Response::Rules {
+            rules: vec![control::RuleEntry {
+                id: 1,
+                rule: "Check=error(ABORTED)".into()
+            }]
+        }
     );
-    let e = control::request(&path, "add Check=explode")
+    let e = control::request(&path, &add("Check=explode"))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("column 7") && e.contains("unknown action"),
         "{e}"
     );
-    control::request(&path, "clear").await.unwrap();
+    // A newline in a rule is refused: it never becomes a second command.
+    let e = control::request(&path, &add("Check=hang\nclear"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("control character"), "{e}");
+    assert_eq!(engine.list().len(), 1, "nothing was cleared");
+    control::request(&path, &control::Request::Clear)
+        .await
+        .unwrap();
     a.check().await.unwrap();
+}
+
+/// A request line longer than the bound is answered with an error and the connection closes;
+/// the server holds no more than the bound.
+#[tokio::test]
+async fn an_overlong_control_request_is_refused() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let engine = sim_agent::fault::FaultEngine::new(0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    let _control = control::serve(&path, engine.clone()).unwrap();
+    let conn = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (r, mut w) = conn.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        // 2 MiB without a newline: the server stops reading after 64 KiB.
+        for _ in 0..32 {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = String::new();
+    bounded(tokio::io::BufReader::new(r).read_line(&mut answer))
+        .await
+        .unwrap();
+    assert!(answer.contains("longer than 65536 bytes"), "{answer}");
+    bounded(writer).await.unwrap();
+    assert!(engine.list().is_empty());
+}
+
+/// Pointed at a socket that speaks another protocol (here: one that never answers), the
+/// client gives up with a message instead of hanging.
+#[tokio::test]
+async fn the_control_client_times_out_on_a_socket_that_is_not_a_control_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("silent.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = listener.accept().await {
+            held.push(c);
+        }
+    });
+    let e = bounded(control::request_within(
+        &path,
+        &control::Request::List,
+        std::time::Duration::from_millis(200),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, control::ControlError::Timeout { .. })
+            && e.to_string().contains("is it a fault control socket"),
+        "{e}"
+    );
 }
 
 /// At least 20 bad rules, each answered with the column and what was expected.
