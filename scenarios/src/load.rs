@@ -25,6 +25,26 @@ pub fn byte_at(line: &str, column: usize) -> usize {
 }
 
 /// The 1-based character column of byte offset `byte` of `line`.
+/// The lines of a YAML text as YAML counts them: `\r\n`, a lone `\r` and `\n` each end a
+/// line (`str::lines` knows no lone `\r`, so errors would point past the text).
+pub fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        match t.find(['\r', '\n']) {
+            Some(i) => {
+                let skip = if t[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&t[i + skip..]).filter(|r| !r.is_empty());
+                Some(&t[..i])
+            }
+            None => {
+                rest = None;
+                Some(t)
+            }
+        }
+    })
+}
+
 fn column_of(line: &str, byte: usize) -> usize {
     line.get(..byte).map_or(0, |s| s.chars().count()) + 1
 }
@@ -78,8 +98,7 @@ fn located(file: &Path, text: &str, line: usize, column: usize, message: String)
         line,
         column,
         message,
-        source_line: text
-            .lines()
+        source_line: yaml_lines(text)
             .nth(line.saturating_sub(1))
             .unwrap_or_default()
             .to_string(),
@@ -115,7 +134,7 @@ fn key_of(s: &str) -> Option<String> {
 /// The field path of a position in block-style YAML (`steps[1].create_container.args`),
 /// found from the indentation of the lines above it.
 pub fn field_path(text: &str, line: usize, column: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = yaml_lines(text).collect();
     let Some(here) = lines.get(line.wrapping_sub(1)) else {
         return String::new();
     };
@@ -242,7 +261,7 @@ fn find(text: &str, needle: &str) -> (usize, usize) {
 /// The position of the `nth` (from 0) line at or after line `from` (0-based) that contains
 /// `needle`, outside comments.
 fn find_nth(text: &str, needle: &str, nth: usize, from: usize) -> (usize, usize) {
-    text.lines()
+    yaml_lines(text)
         .enumerate()
         .skip(from)
         .filter(|(_, l)| !l.trim_start().starts_with('#'))

@@ -455,7 +455,7 @@ pub fn scenario(data: &[u8]) {
         let rendered = e.to_string();
         assert!(!rendered.is_empty());
         assert!(
-            e.line <= text.lines().count().max(1) + 1,
+            e.line <= kata_sim::load::yaml_lines(&text).count().max(1) + 1,
             "error line {} beyond the text",
             e.line
         );

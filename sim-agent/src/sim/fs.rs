@@ -386,9 +386,22 @@ impl GuestFs {
         })
     }
 
-    /// A guest root in an existing directory, which is left in place.
+    /// A guest root at `root` (made if missing, but never its parents: a typo must not
+    /// create directories), which is left in place.
     pub fn at(root: PathBuf) -> io::Result<Self> {
-        std::fs::create_dir_all(&root)?;
+        match std::fs::create_dir(&root) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "guest root {}: its parent directory does not exist",
+                        root.display()
+                    ),
+                ));
+            }
+            other => other?,
+        }
         Ok(GuestFs {
             root: Arc::new(Confined::open(&root)?),
             owned: None,
@@ -616,6 +629,11 @@ mod tests {
         );
 
         let kept = tempfile::tempdir().unwrap();
+        assert!(
+            GuestFs::at(kept.path().join("no/such/g")).is_err(),
+            "no parent is created"
+        );
+        assert!(!kept.path().join("no").exists());
         drop(GuestFs::at(kept.path().join("g")).unwrap());
         assert!(
             kept.path().join("g").is_dir(),
