@@ -53,7 +53,9 @@ pub use error::{HypervisorError, Result};
 #[cfg(feature = "mock")]
 pub use hypervisor::MockHypervisor;
 pub use hypervisor::{Hypervisor, Network};
-pub use remote::{Fleet, FleetConfig, RemoteHypervisor, RemoteHypervisorServer};
+pub use remote::{
+    Fleet, FleetConfig, RemoteHypervisor, RemoteHypervisorServer, SHUTDOWN_STOP_LIMIT,
+};
 pub use types::{
     AgentSocket, Capabilities, Device, DeviceType, HotplugResult, HypervisorConfig,
     HypervisorState, MemoryDevice, PluggedDevice, SocketKind, VcpuThreadIds, VmState,

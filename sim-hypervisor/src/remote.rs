@@ -274,8 +274,17 @@ impl Fleet {
     /// Stops every VM (on shutdown).
     pub async fn shutdown(&self) {
         for id in self.ids() {
-            if let Err(e) = self.stop_vm(&id).await {
-                // A fault made StopVM fail: the shutdown takes the VM down all the same.
+            // A StopVM that a fault makes fail or hang (`StopVM=hang`) does not hold the
+            // shutdown: past `SHUTDOWN_STOP_LIMIT` the VM is taken down all the same (StopVM's
+            // waiting phase changes nothing, so giving up on it is safe).
+            let stopped = tokio::time::timeout(SHUTDOWN_STOP_LIMIT, self.stop_vm(&id))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(HypervisorError::Invalid(format!(
+                        "StopVM did not finish within {SHUTDOWN_STOP_LIMIT:?}"
+                    )))
+                });
+            if let Err(e) = stopped {
                 tracing::warn!(vm = id, error = %e, "stopping VM on shutdown; forcing it");
                 if let Some(vm) = self.vm(&id) {
                     self.forget(&id, &vm);
@@ -285,6 +294,9 @@ impl Fleet {
         }
     }
 }
+
+/// How long a fleet's shutdown waits for one VM's StopVM before it forces the VM down.
+pub const SHUTDOWN_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Removes `vm` from `vms` as `id`, unless another VM has that id by now.
 fn forget(vms: &Mutex<BTreeMap<String, SimHypervisor>>, id: &str, vm: &SimHypervisor) {

@@ -242,7 +242,10 @@ async fn async_main(command: Command) -> anyhow::Result<()> {
                         println!("rule {} {}", r.id, r.rule);
                     }
                 }
-                Response::Fired { fired } => {
+                Response::Fired { fired, dropped } => {
+                    if dropped > 0 {
+                        println!("({dropped} older faults fired and are no longer kept)");
+                    }
                     for f in fired {
                         println!("fired {} {} {}", f.rule, f.target, f.action);
                     }

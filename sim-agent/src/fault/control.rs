@@ -120,6 +120,9 @@ pub enum Response {
     Fired {
         /// The faults.
         fired: Vec<FiredEntry>,
+        /// Older faults that fired but are no longer kept (a server keeps the most recent).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        dropped: u64,
     },
     /// The request was refused.
     Error {
@@ -172,8 +175,13 @@ pub fn handle(engine: &FaultEngine, request: &Request) -> Response {
                     action: f.action,
                 })
                 .collect(),
+            dropped: engine.fired_dropped(),
         },
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Answers one request line (without its newline): JSON in, [`Response`] out.
@@ -422,6 +430,29 @@ mod tests {
             ans,
             r#"{"answer":"rules","rules":[{"id":1,"rule":"Check=hang"}]}"#
         );
+    }
+
+    #[test]
+    fn fired_says_how_many_older_faults_a_bounded_engine_dropped() {
+        use crate::fault::FaultHook as _;
+        let engine = FaultEngine::bounded(0, 2);
+        engine.add("Check=error(INTERNAL)").unwrap();
+        for _ in 0..5 {
+            engine.decide(&crate::fault::CallInfo {
+                target: "Check",
+                request: "CheckRequest",
+                fields: &[],
+                conn: None,
+                sandbox: None,
+            });
+        }
+        let r = handle(&engine, &Request::Fired);
+        assert!(
+            matches!(&r, Response::Fired { fired, dropped: 3 } if fired.len() == 2),
+            "{r:?}"
+        );
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.contains(r#""dropped":3"#), "{line}");
     }
 
     #[test]

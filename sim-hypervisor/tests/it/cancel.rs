@@ -227,3 +227,20 @@ async fn a_caller_that_hangs_up_right_after_sending_leaves_a_consistent_fleet() 
         }
     }
 }
+
+/// A StopVM that a fault hangs does not hold a fleet's shutdown (`kata-sim serve` with
+/// `StopVM=hang` used to idle forever on SIGTERM): the VM is forced down and leaves nothing.
+#[tokio::test(start_paused = true)]
+async fn a_hung_stop_vm_does_not_hold_the_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(dir.path(), &["StopVM=hang"]);
+    fleet.create_vm("h", Default::default(), "").await.unwrap();
+    fleet.start_vm("h", 10).await.unwrap();
+    assert!(vm_dir(&fleet, "h").exists());
+    let started = tokio::time::Instant::now();
+    fleet.shutdown().await;
+    assert!(started.elapsed() <= sim_hypervisor::SHUTDOWN_STOP_LIMIT + Duration::from_secs(1));
+    assert!(fleet.ids().is_empty());
+    settle().await;
+    assert!(!vm_dir(&fleet, "h").exists(), "the VM directory is left");
+}
