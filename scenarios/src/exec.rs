@@ -104,7 +104,7 @@ pub fn interrupted() -> Option<nix::sys::signal::Signal> {
 /// Runs `command` against a kata-sim service set up for `s`.
 pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
     if let Some(sig) = interrupted() {
-        return failed(s, format!("not run: interrupted by {sig}"));
+        return crate::host::failed(s, format!("not run: interrupted by {sig}"));
     }
     let mut errors = Vec::new();
     let mut agent = agent_config(s);
@@ -128,15 +128,15 @@ pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
     let socket = dir.join("hypervisor.sock");
     let fleet = match Fleet::new(config) {
         Ok(f) => Arc::new(f),
-        Err(e) => return failed(s, format!("state dir: {e}")),
+        Err(e) => return crate::host::failed(s, format!("state dir: {e}")),
     };
     let server = match RemoteHypervisorServer::bind(&socket, Arc::clone(&fleet)).await {
         Ok(srv) => srv,
-        Err(e) => return failed(s, format!("serving {}: {e}", socket.display())),
+        Err(e) => return crate::host::failed(s, format!("serving {}: {e}", socket.display())),
     };
     let Some((program, args)) = command.split_first() else {
         server.shutdown().await;
-        return failed(s, "no command given to the exec driver".into());
+        return crate::host::failed(s, "no command given to the exec driver".into());
     };
     let child = tokio::process::Command::new(program)
         .args(args)
@@ -208,21 +208,5 @@ async fn stop_child(child: &mut tokio::process::Child, sig: nix::sys::signal::Si
         .is_err()
     {
         let _ = child.kill().await;
-    }
-}
-
-fn failed(s: &Scenario, error: String) -> Outcome {
-    Outcome {
-        name: s.name.clone(),
-        persona: s.config.persona,
-        seed: s.seed,
-        calls: Vec::new(),
-        faults: Vec::new(),
-        processes: BTreeMap::new(),
-        host_files: BTreeMap::new(),
-        errors: vec![error],
-        warnings: Vec::new(),
-        teardown: Teardown::Incomplete,
-        guest_containers: Vec::new(),
     }
 }

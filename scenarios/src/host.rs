@@ -1107,8 +1107,9 @@ async fn run_body<T: Transport>(
     }
 }
 
-/// The outcome of a run that could not start.
-fn failed(s: &Scenario, error: String) -> Outcome {
+/// The outcome of a run that could not start or did not end (`error` says why): no call, an
+/// incomplete teardown.
+pub fn failed(s: &Scenario, error: String) -> Outcome {
     Outcome {
         name: s.name.clone(),
         persona: s.config.persona,

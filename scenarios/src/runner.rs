@@ -148,38 +148,22 @@ where
             let _ = tx.send(r);
         });
     if let Err(e) = spawned {
-        return failed_outcome(s, format!("cannot start the run: {e}"));
+        return crate::host::failed(s, format!("cannot start the run: {e}"));
     }
     let wait = crate::host::REAL_LIMIT + REAL_GRACE;
     match rx.recv_timeout(wait) {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(panic)) => failed_outcome(
+        Ok(Err(panic)) => crate::host::failed(
             s,
             format!("the run panicked: {}", crate::host::panic_message(&*panic)),
         ),
-        Err(_) => failed_outcome(
+        Err(_) => crate::host::failed(
             s,
             format!(
                 "the run did not end within {} s of real time; left behind",
                 wait.as_secs()
             ),
         ),
-    }
-}
-
-fn failed_outcome(s: &Scenario, error: String) -> Outcome {
-    Outcome {
-        name: s.name.clone(),
-        persona: s.config.persona,
-        seed: s.seed,
-        calls: Vec::new(),
-        faults: Vec::new(),
-        processes: Default::default(),
-        host_files: Default::default(),
-        errors: vec![error],
-        warnings: Vec::new(),
-        teardown: crate::schema::Teardown::Incomplete,
-        guest_containers: Vec::new(),
     }
 }
 
@@ -301,7 +285,7 @@ pub fn junit(reports: &[Report]) -> String {
 pub fn run_exec_blocking(s: &Scenario, command: &[String]) -> Outcome {
     let dir = match tempfile::Builder::new().prefix("kata-sim-exec-").tempdir() {
         Ok(d) => d,
-        Err(e) => return failed_outcome(s, format!("temp dir: {e}")),
+        Err(e) => return crate::host::failed(s, format!("temp dir: {e}")),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
