@@ -18,7 +18,8 @@ fn follow_log(child: &mut std::process::Child) -> std::thread::JoinHandle<String
         let mut log = String::new();
         for line in std::io::BufReader::new(stderr).lines() {
             let line = line.unwrap_or_default();
-            if line.contains("remote hypervisor listening") {
+            // Logged once every socket (hypervisor and control) is bound.
+            if line.contains("kata-sim serving") {
                 let _ = tx.send(());
             }
             log.push_str(&line);
@@ -27,7 +28,7 @@ fn follow_log(child: &mut std::process::Child) -> std::thread::JoinHandle<String
         log
     });
     rx.recv_timeout(Duration::from_secs(30))
-        .expect("kata-sim did not start listening");
+        .expect("kata-sim did not start serving");
     reader
 }
 
