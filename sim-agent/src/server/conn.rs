@@ -1,7 +1,7 @@
 //! The connection loop every kata-sim ttrpc server runs, and the accept loop's back-off.
 //!
-//! One task per connection reads frames ([`FrameReader`]: its buffer grows with the bytes that
-//! arrived, never with what a header announces), starts each call through a [`Dispatch`] and
+//! One task per connection reads frames (`FrameReader`: its buffer grows with the bytes that
+//! arrived, never with what a header announces), starts each call through a `Dispatch` and
 //! writes the answers. A call that answers at once runs inline; one that has to wait gets a
 //! task of its own. At most [`MAX_IN_FLIGHT`] calls wait at a time on one connection: beyond
 //! that new calls are refused until one answers. A peer that does not read its answers

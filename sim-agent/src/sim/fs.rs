@@ -273,7 +273,7 @@ impl Confined {
     }
 
     /// The bytes in the tree at `path` (symlinks counted as themselves, never followed; at
-    /// most [`MAX_TREE_DEPTH`] levels deep).
+    /// most 128 levels deep).
     pub fn tree_size(&self, path: &str) -> io::Result<u64> {
         let handle = self.root.resolve(path).map_err(io_err)?;
         let fd: OwnedFd = handle.into();
