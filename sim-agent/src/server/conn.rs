@@ -272,6 +272,20 @@ impl Default for AcceptBackoff {
     }
 }
 
+/// Waits out an accept back-off of `delay` (out of descriptors or memory), or less: until one
+/// of `conns` closes and frees a descriptor. `false` when the server shuts down meanwhile.
+pub(crate) async fn wait_out<T: 'static>(
+    delay: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    conns: &mut JoinSet<T>,
+) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => false,
+        Some(_) = conns.join_next(), if !conns.is_empty() => true,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
 impl AcceptBackoff {
     /// An accept succeeded: the next failure waits the shortest time again.
     pub fn succeeded(&mut self) {
@@ -415,11 +429,8 @@ async fn accept_loop(
     let mut pause: Option<Duration> = None;
     loop {
         if let Some(delay) = pause.take() {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                // A connection of ours that closes frees a descriptor: try again then.
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                () = tokio::time::sleep(delay) => {}
+            if !wait_out(delay, &mut shutdown, &mut conns).await {
+                break;
             }
             continue;
         }

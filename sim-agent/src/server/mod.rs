@@ -207,12 +207,8 @@ impl AgentServer {
             let mut pause = None;
             loop {
                 if let Some(delay) = pause.take() {
-                    // Out of descriptors (or memory): wait before accepting again, or until
-                    // one of our connections closes and frees one.
-                    tokio::select! {
-                        _ = shutdown.changed() => break,
-                        Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                        () = tokio::time::sleep(delay) => {}
+                    if !conn::wait_out(delay, &mut shutdown, &mut conns).await {
+                        break;
                     }
                     continue;
                 }
