@@ -11,6 +11,7 @@
 //!   every [`AgentRpc`]; [`MockAgent`] for expectation-style tests.
 //! - [`sim`]: [`SimAgent`], the guest model.
 //! - [`fault`]: the hook where faults enter the data path.
+//! - [`op`]: [`Op`], [`VmOp`]: every call's name as a type, and the one did-you-mean.
 //! - [`profile`]: agent version profiles and their boundary table.
 //! - [`server`]: [`AgentServer`], the ttrpc server and its transports.
 //! - [`client`]: [`RemoteAgent`], a ttrpc client over the Kata URL schemes.
@@ -33,6 +34,7 @@ pub mod agent;
 pub mod client;
 pub mod error;
 pub mod fault;
+pub mod op;
 pub mod profile;
 pub mod requests;
 pub mod rpc;
@@ -58,6 +60,7 @@ pub use agent::MockAgent;
 pub use agent::{Agent, AgentConfig, HostState};
 pub use client::RemoteAgent;
 pub use error::{AgentError, Result};
+pub use op::{Op, UnknownName, VmOp};
 pub use profile::AgentVersion;
 pub use rpc::{AgentRpc, CallOpts, Method};
 pub use server::AgentServer;
