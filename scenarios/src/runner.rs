@@ -59,18 +59,37 @@ pub struct Report {
     pub mismatches: Vec<Mismatch>,
     /// Wall time of the run.
     pub elapsed: std::time::Duration,
+    /// When the run started (the JUnit `timestamp`).
+    pub started: std::time::SystemTime,
+    /// Why the scenario was not run (interrupted, filtered out): JUnit `<skipped/>`.
+    pub skipped: Option<String>,
 }
 
 impl Report {
-    /// Whether it loaded and met every expectation.
+    /// Whether it loaded, ran and met every expectation.
     pub fn passed(&self) -> bool {
-        self.load_error.is_none() && self.mismatches.is_empty()
+        self.skipped.is_none() && self.load_error.is_none() && self.mismatches.is_empty()
+    }
+
+    /// The report of a scenario file that was not run, and why (`interrupted`).
+    pub fn not_run(file: &Path, reason: impl Into<String>) -> Report {
+        Report {
+            file: file.to_path_buf(),
+            scenario: None,
+            load_error: None,
+            outcome: None,
+            mismatches: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
+            started: std::time::SystemTime::now(),
+            skipped: Some(reason.into()),
+        }
     }
 }
 
 /// Loads and runs one file.
 pub fn run_file(file: &Path, o: &Overrides) -> Report {
     let start = std::time::Instant::now();
+    let started = std::time::SystemTime::now();
     match load(file) {
         Err(e) => Report {
             file: file.to_path_buf(),
@@ -79,6 +98,8 @@ pub fn run_file(file: &Path, o: &Overrides) -> Report {
             outcome: None,
             mismatches: Vec::new(),
             elapsed: start.elapsed(),
+            started,
+            skipped: None,
         },
         Ok(mut s) => {
             if let Some(p) = o.persona {
@@ -123,6 +144,8 @@ pub fn run_file(file: &Path, o: &Overrides) -> Report {
                 outcome: Some(outcome),
                 mismatches,
                 elapsed: start.elapsed(),
+                started,
+                skipped: None,
             }
         }
     }
@@ -142,7 +165,8 @@ where
     let (tx, rx) = std::sync::mpsc::channel();
     let scenario = s.clone();
     let spawned = std::thread::Builder::new()
-        .name(format!("scenario {}", s.name))
+        // A thread name cannot hold a NUL (spawning would panic).
+        .name(format!("scenario {}", s.name.replace('\0', "\\0")))
         .spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&scenario)));
             let _ = tx.send(r);
@@ -236,49 +260,9 @@ pub fn failures(reports: &[Report]) -> String {
     out
 }
 
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// JUnit XML for CI systems.
+/// JUnit XML for CI systems (see [`crate::junit`]).
 pub fn junit(reports: &[Report]) -> String {
-    let failed = reports.iter().filter(|r| !r.passed()).count();
-    let mut out = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"kata-sim\" tests=\"{}\" failures=\"{failed}\">\n",
-        reports.len()
-    );
-    for r in reports {
-        let _ = write!(
-            out,
-            "  <testcase classname=\"kata-sim\" name=\"{}\" time=\"{:.3}\"",
-            xml(&name(r)),
-            r.elapsed.as_secs_f64()
-        );
-        if r.passed() {
-            out.push_str("/>\n");
-        } else {
-            let detail = match &r.load_error {
-                Some(e) => e.to_string(),
-                None => r
-                    .mismatches
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            };
-            let _ = write!(
-                out,
-                ">\n    <failure message=\"seed {}\">{}</failure>\n  </testcase>\n",
-                r.scenario.as_ref().map_or(0, |s| s.seed),
-                xml(&detail)
-            );
-        }
-    }
-    out.push_str("</testsuite>\n");
-    out
+    crate::junit::render(reports)
 }
 
 /// Runs a scenario with the `exec` driver on a real clock.
