@@ -358,3 +358,40 @@ async fn fault_commands_on_a_wrong_socket_end_with_a_message() {
     let (status, log) = stop(child, log, nix::sys::signal::Signal::SIGINT).await;
     assert!(status.success(), "{log}");
 }
+
+/// A hypervisor socket or state dir in a directory that does not exist: the start fails
+/// naming that directory, creates nothing, and removes the state dir it made.
+#[test]
+fn a_missing_directory_is_named_and_never_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let socket = dir.path().join("hv.sock");
+    let state = dir.path().join("state");
+    for (args, named) in [
+        // The default state dir (`vms/` beside the socket) is the first to miss its parent.
+        (vec![missing.join("hv.sock")], missing.clone()),
+        (
+            vec![missing.join("hv.sock"), "--state-dir".into(), state.clone()],
+            missing.clone(),
+        ),
+        (
+            vec![socket.clone(), "--state-dir".into(), missing.join("x/state")],
+            missing.join("x"),
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+            .args(["serve", "--hypervisor-socket"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("the directory {} does not exist", named.display())),
+            "{args:?}: {err}"
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+        assert!(!socket.exists(), "{args:?}: {err}");
+        assert!(!state.exists(), "{args:?}: the state dir it made stays: {err}");
+    }
+}
