@@ -212,7 +212,9 @@ pub fn summary(reports: &[Report]) -> String {
                 )
             })
             .unwrap_or_else(|| ("-".into(), "-".into()));
-        let result = if r.load_error.is_some() {
+        let result = if r.skipped.is_some() {
+            "SKIPPED"
+        } else if r.load_error.is_some() {
             "INVALID"
         } else if r.passed() {
             "ok"
@@ -240,7 +242,10 @@ fn name(r: &Report) -> String {
 /// Every failure, with its seed and what differed.
 pub fn failures(reports: &[Report]) -> String {
     let mut out = String::new();
-    for r in reports.iter().filter(|r| !r.passed()) {
+    for r in reports
+        .iter()
+        .filter(|r| !r.passed() && r.skipped.is_none())
+    {
         if let Some(e) = &r.load_error {
             let _ = writeln!(out, "{e}\n");
             continue;
