@@ -417,6 +417,10 @@ fn junit_of_every_kind_of_report_follows_the_schema() {
     assert_eq!(skipped.verdict, "skipped");
     assert_eq!(skipped.message.as_deref(), Some("interrupted"));
 
+    // The text report agrees: skipped is neither a pass nor a failure.
+    assert!(kata_sim::runner::summary(&reports).contains("SKIPPED"));
+    assert!(!kata_sim::runner::failures(&reports).contains("later.yaml"));
+
     let evil = &cases[HOSTILE_READ];
     assert_eq!(evil.verdict, "passed", "{xml}");
 }
