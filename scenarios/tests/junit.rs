@@ -11,10 +11,11 @@ use kata_sim::runner::{Overrides, Report, junit, run_file};
 /// A library scenario that passes: its expectations are rewritten below to fail.
 const LIBRARY_FILE: &str = "go-dead-guest-before-container.yaml";
 
-/// A hostile scenario name: an escape sequence, a NUL, markup, quotes and a tab.
-const HOSTILE_YAML: &str = "\"evil\\e[31m\\0 <&>\\\"'\\ttab\"";
+/// A hostile scenario name: an escape sequence, a NUL, markup, quotes, a tab, DEL and a
+/// noncharacter.
+const HOSTILE: &str = "evil\u{1b}[31m\u{0} <&>\"'\ttab\u{7f}\u{fffe}";
 /// How the hostile name reads once parsed back from the JUnit file.
-const HOSTILE_READ: &str = "evil\\u{1b}[31m\\u{0} <&>\"'\ttab";
+const HOSTILE_READ: &str = "evil\\u{1b}[31m\\u{0} <&>\"'\ttab\\u{7f}\\u{fffe}";
 
 /// What the checks found in one `<testcase>`.
 #[derive(Debug)]
@@ -350,7 +351,7 @@ fn junit_of_every_kind_of_report_follows_the_schema() {
         "hostile.yaml",
         &original.replace(
             "name: go-dead-guest-before-container",
-            &format!("name: {HOSTILE_YAML}"),
+            "name: to-be-renamed",
         ),
     );
     // A file that does not load, with a bell in its name.
@@ -360,6 +361,10 @@ fn junit_of_every_kind_of_report_follows_the_schema() {
         .map(|f| run_file(f, &Overrides::default()))
         .collect();
     reports.push(Report::not_run(&dir.join("later.yaml"), "interrupted"));
+    // Whatever the loader accepts in a name, the JUnit file must carry any string.
+    if let Some(s) = reports[2].scenario.as_mut() {
+        s.name = HOSTILE.into();
+    }
     assert!(reports[0].passed(), "{:?}", reports[0].mismatches);
     assert!(reports[2].passed(), "{:?}", reports[2]);
     assert!(reports[3].load_error.is_some());
@@ -431,4 +436,15 @@ fn junit_of_no_reports_is_an_empty_suite() {
     let cases = validate(&xml);
     assert!(cases.is_empty());
     assert!(xml.contains("tests=\"0\""), "{xml}");
+}
+
+/// A NUL in a scenario's name does not panic the runner (a thread name cannot hold one).
+#[test]
+fn a_nul_in_a_name_does_not_panic_the_runner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write(tmp.path(), "s.yaml", &library(LIBRARY_FILE));
+    let mut s = kata_sim::load::load(&file).unwrap();
+    s.name = "nul\u{0}name".into();
+    let outcome = kata_sim::runner::isolated(&s, kata_sim::host::run_blocking);
+    assert!(kata_sim::check::check(&s, &outcome).is_empty());
 }
