@@ -646,3 +646,128 @@ fn unknown<'a>(section: &'a str, map: &'a str, key: &'a str, execs_too: bool) ->
         message: format!("{what} {key:?} is not created by any step"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> LoadError {
+        parse(Path::new("x.yaml"), text).unwrap_err()
+    }
+
+    #[test]
+    fn field_paths_come_from_the_parsed_tree() {
+        let text = "name: a\nsteps:\n  - create_sandbox: {}\n  - create_container:\n      id: c1\n      argz: [x]\n  - bogus: 1\nconfig: { persona: java }\n";
+        let tree = Node::parse(text).unwrap();
+        assert_eq!(tree.path_at(6, 7, false), "steps[1].create_container.argz");
+        assert_eq!(tree.path_at(7, 5, false), "steps[2].bogus");
+        assert_eq!(tree.path_at(8, 20, false), "config.persona");
+        assert_eq!(tree.path_at(1, 1, false), "name");
+        assert_eq!(tree.path_at(1, 1, true), "");
+        let e = error(text);
+        assert_eq!((e.line, e.column), (6, 7), "{e}");
+        assert!(
+            e.message.starts_with(
+                "steps[1].create_container.argz: unknown field \"argz\": did you mean \"args\"?"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        // Used to panic: the column of `bogus` sliced the line inside an `é`.
+        let text = "name: a\nsteps:\n  - create_sandbox: { id: ééé, bogus: 1 }\n";
+        let e = error(text);
+        assert_eq!((e.line, e.column), (3, 32), "{e}");
+        assert!(e.message.contains("bogus"), "{e}");
+        assert!(
+            e.to_string().contains(&format!("|{}^", " ".repeat(32))),
+            "{e}"
+        );
+        // A rule after non-ASCII text: its column counts characters too.
+        let text = "name: a\nfaults: ['Check{sandbox=\"é\"}=hang', 'Check=explode']\nsteps: []\n";
+        let e = error(text);
+        assert_eq!((e.line, e.column), (2, 44), "{e}");
+        assert_eq!(byte_at("ééx", 3), 4);
+        assert_eq!(byte_at("é", 9), 2);
+    }
+
+    #[test]
+    fn rule_columns_land_inside_plain_and_quoted_scalars() {
+        for (text, column) in [
+            ("name: a\nfaults: [Check=explode]\nsteps: []\n", 16),
+            ("name: a\nfaults: [\"Check=explode\"]\nsteps: []\n", 17),
+            ("name: a\nsteps:\n  - add_fault:   Check=explode\n", 24),
+        ] {
+            let e = error(text);
+            assert_eq!(e.column, column, "{text}: {e}");
+            assert!(e.message.contains("unknown action \"explode\""), "{e}");
+        }
+    }
+
+    #[test]
+    fn times_out_of_range_are_errors_at_the_value() {
+        for (value, shown) in [
+            ("1e300", "1e300"),
+            (".inf", "inf"),
+            ("-1", "-1.0"),
+            (".nan", "NaN"),
+            ("3601", "3601.0"),
+        ] {
+            let text = format!("name: a\nsteps:\n  - advance_time: 1\n  - advance_time: {value}\n");
+            let e = error(&text);
+            assert_eq!((e.line, e.column), (4, 19), "{value}: {e}");
+            assert_eq!(
+                e.message,
+                format!(
+                    "steps[1].advance_time: {shown} is out of range: expected 0 to 3600 seconds"
+                ),
+                "{value}"
+            );
+        }
+        let text = "name: a\nguest:\n  programs:\n    c0: { run_secs: 1 }\n    c1:\n      run_secs: -2\nsteps: []\n";
+        let e = error(text);
+        assert_eq!((e.line, e.column), (6, 17), "{e}");
+        assert!(
+            e.message
+                .starts_with("guest.programs.c1.run_secs: -2.0 is out of range"),
+            "{e}"
+        );
+        let s = parse(
+            Path::new("x.yaml"),
+            "name: a\nsteps:\n  - advance_time: 3600\n  - advance_time: 0\n",
+        )
+        .unwrap();
+        assert_eq!(s.steps.len(), 2);
+    }
+
+    #[test]
+    fn a_loaded_scenario_holds_parsed_values() {
+        let text = "name: typed\nconfig: { agent_version: 3.19.1 }\nfaults: ['Check=1*hang->off']\nguest:\n  programs:\n    c1: { on_signal: 3 }\nsteps:\n  - create_sandbox: {}\n  - create_container: { id: c1, args: [x], termination_message_policy: FallbackToLogsOnError }\nexpect:\n  order: [[Check, StopVM]]\n  absent: [KillVM]\n";
+        let s = parse(Path::new("x.yaml"), text).unwrap();
+        assert_eq!(
+            s.config.agent_version,
+            Some(sim_agent::AgentVersion(3, 19, 1))
+        );
+        assert_eq!(
+            s.faults[0].target,
+            sim_agent::fault::Target::Op(sim_agent::Op::Agent(sim_agent::Method::Check))
+        );
+        assert_eq!(
+            s.guest.programs["c1"].on_signal,
+            crate::schema::OnSignal::Exit(3)
+        );
+        assert_eq!(
+            s.expect.absent,
+            [sim_agent::Op::Vm(sim_agent::VmOp::KillVM)]
+        );
+        let Step::CreateContainer(c) = &s.steps[1] else {
+            panic!("create_container")
+        };
+        assert_eq!(
+            c.termination_message_policy,
+            Some(crate::schema::TerminationMessagePolicy::FallbackToLogsOnError)
+        );
+    }
+}
