@@ -331,7 +331,7 @@ impl Node {
             return String::new();
         };
         let mut here = all.iter().filter(|(_, n)| n.location() == at);
-        let found = if outer { here.next() } else { here.last() };
+        let found = if outer { here.next() } else { here.next_back() };
         found.map(|(p, _)| p.clone()).unwrap_or_default()
     }
 
