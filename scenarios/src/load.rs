@@ -436,7 +436,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, LoadError> {
                 .nth(line.saturating_sub(1))
                 .and_then(|l| l.chars().nth(column.saturating_sub(1)))
                 .is_some_and(|c| c == '\'' || c == '"');
-            column += usize::from(opened) + n - 1;
+            column += usize::from(opened) + n.saturating_sub(1);
             message = rest.to_string();
         }
         let message = if path.is_empty() {
