@@ -27,13 +27,6 @@ use sim_agent::fault::RuleError;
 
 use crate::schema::{Scenario, Step};
 
-/// The longest `advance_time` step, in seconds: a step may take at most this long
-/// ([`crate::host::STEP_LIMIT`]).
-pub const MAX_ADVANCE_SECS: f64 = crate::host::STEP_LIMIT.as_secs() as f64;
-
-/// The longest `run_secs` of a scripted program, in seconds (a day, as fault durations).
-pub const MAX_RUN_SECS: f64 = sim_agent::fault::rule::MAX_DURATION.as_secs() as f64;
-
 /// How many characters of the offending line a rendered error shows on each side of the
 /// column; a longer line is cut (`...`) so a 200 KB line does not fill the terminal.
 pub const SNIPPET_RADIUS: usize = 60;

@@ -46,6 +46,7 @@ use sim_agent::{AgentVersion, Op, SignalReaction};
 pub struct Scenario {
     /// A unique, file-name-like name.
     #[serde(deserialize_with = "non_empty_string")]
+    #[schemars(length(min = 1))]
     pub name: String,
     /// What it shows.
     #[serde(default)]
@@ -418,6 +419,7 @@ pub struct ContainerSpec {
     pub id: String,
     /// Its command line.
     #[serde(deserialize_with = "non_empty_args")]
+    #[schemars(length(min = 1))]
     pub args: Vec<String>,
     /// OCI annotations.
     #[serde(default)]
@@ -449,6 +451,7 @@ pub struct ExecSpec {
     pub id: String,
     /// Its command line.
     #[serde(deserialize_with = "non_empty_args")]
+    #[schemars(length(min = 1))]
     pub args: Vec<String>,
 }
 
