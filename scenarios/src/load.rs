@@ -285,9 +285,9 @@ impl Node {
         }
     }
 
-    /// Every node in document order with its field path.
-    fn walk<'a>(&'a self, path: &mut Vec<String>, out: &mut Vec<(String, &'a Node)>) {
-        out.push((render_path(path), self));
+    /// Every node in document order with its field path and whether it is a mapping's key.
+    fn walk<'a>(&'a self, path: &mut Vec<String>, out: &mut Vec<(String, &'a Node, bool)>) {
+        out.push((render_path(path), self, false));
         match &self.0.value {
             Kind::Scalar(_) => {}
             Kind::Seq(items) => {
@@ -300,7 +300,7 @@ impl Node {
             Kind::Map(entries) => {
                 for (k, v) in entries {
                     path.push(k.scalar().unwrap_or("?").to_string());
-                    out.push((render_path(path), k));
+                    out.push((render_path(path), k, true));
                     v.walk(path, out);
                     path.pop();
                 }
@@ -310,22 +310,31 @@ impl Node {
 
     /// The field path of the last node that starts at or before `(line, column)`: the value
     /// or key an error there is about. Of the nodes that start there, the innermost (a key
-    /// rather than the mapping it starts), or with `outer` the outermost (the mapping a
-    /// missing field is missing from).
+    /// rather than the mapping it starts), or with `outer` the mapping itself (the one a
+    /// missing field is missing from: a block mapping starts at its first key, a flow
+    /// mapping's error points at its first key).
     pub fn path_at(&self, line: usize, column: usize, outer: bool) -> String {
         let mut all = Vec::new();
         self.walk(&mut Vec::new(), &mut all);
         let Some(at) = all
             .iter()
-            .map(|(_, n)| n.location())
+            .map(|(_, n, _)| n.location())
             .filter(|l| *l <= (line, column) && l.0 > 0)
             .max()
         else {
             return String::new();
         };
-        let mut here = all.iter().filter(|(_, n)| n.location() == at);
+        let mut here = all.iter().filter(|(_, n, _)| n.location() == at);
         let found = if outer { here.next() } else { here.next_back() };
-        found.map(|(p, _)| p.clone()).unwrap_or_default()
+        match found {
+            // The mapping the key is in.
+            Some((p, _, true)) if outer => match p.rfind(['.', '[']) {
+                Some(i) => p[..i].to_string(),
+                None => String::new(),
+            },
+            Some((p, _, _)) => p.clone(),
+            None => String::new(),
+        }
     }
 
     /// The line of the first key equal to the one at `(line, column)` in the same mapping.
@@ -360,7 +369,8 @@ fn render_path(parts: &[String]) -> String {
     out
 }
 
-/// `expected one of a, b` with ` did you mean "x"?` in front when one is near.
+/// `unknown WHAT "found": did you mean "x"? (expected one of a, b)`, without the question
+/// when no name is near.
 fn unknown_name(what: &str, found: &str, expected: &[&'static str]) -> String {
     let list = expected.join(", ");
     match sim_agent::op::suggest(found, expected.iter().copied()) {
@@ -389,8 +399,13 @@ fn describe(e: &serde_saphyr::Error, tree: Option<&Node>) -> (String, String, Lo
         E::SerdeUnknownVariant {
             variant, expected, ..
         } => {
-            // A step's name is its key in a sequence item (`steps[2].strat`).
-            let in_steps = path.starts_with("steps[") && path.matches('.').count() == 1;
+            // A step's name is a sequence item (`steps[2]`) or its key (`steps[2].strat`).
+            let in_steps = path
+                .strip_prefix("steps[")
+                .and_then(|p| p.split_once(']'))
+                .is_some_and(|(_, rest)| {
+                    rest.is_empty() || (rest.starts_with('.') && !rest[1..].contains(['.', '[']))
+                });
             unknown_name(if in_steps { "step" } else { "value" }, variant, expected)
         }
         E::DuplicateMappingKey { key, .. } => {
