@@ -481,6 +481,43 @@ pub fn load(file: &Path) -> Result<Scenario, LoadError> {
     parse(file, &text)
 }
 
+/// Loads every file; a scenario whose name an earlier file already has is an error at its
+/// `name` (names are unique: they name snapshots, JUnit cases and `kata-sim run NAME`).
+pub fn load_all(files: &[PathBuf]) -> Vec<Result<Scenario, LoadError>> {
+    let mut seen: std::collections::BTreeMap<String, (PathBuf, usize)> = Default::default();
+    files
+        .iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(file).map_err(|e| LoadError {
+                file: file.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+                source_line: String::new(),
+            })?;
+            let s = parse(file, &text)?;
+            let (line, column) = Node::parse(&text)
+                .and_then(|t| t.get(&[Seg::Key("name")]).map(Node::location))
+                .unwrap_or((0, 0));
+            if let Some((first, first_line)) = seen.get(&s.name) {
+                return Err(located(
+                    file,
+                    &text,
+                    line,
+                    column,
+                    format!(
+                        "name: {:?} is already the name of {}:{first_line} (scenario names are unique)",
+                        s.name,
+                        first.display()
+                    ),
+                ));
+            }
+            seen.insert(s.name.clone(), (file.clone(), line));
+            Ok(s)
+        })
+        .collect()
+}
+
 /// A problem the checks after parsing found: where in the tree, the field path, what.
 struct Problem<'a> {
     at: Vec<Seg<'a>>,

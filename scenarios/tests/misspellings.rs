@@ -107,3 +107,29 @@ fn agent_version_flags_are_strict() {
         assert!(err.contains(says), "{bad}: {err}");
     }
 }
+
+#[test]
+fn duplicate_names_across_files_are_an_error_at_the_second_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.yaml");
+    let b = dir.path().join("b.yaml");
+    let c = dir.path().join("c.yaml");
+    std::fs::write(&a, "name: web\nsteps: []\n").unwrap();
+    std::fs::write(
+        &b,
+        "# the same name\ndescription: x\nname: web\nsteps: []\n",
+    )
+    .unwrap();
+    std::fs::write(&c, "name: other\nsteps: []\n").unwrap();
+    let loaded = kata_sim::load::load_all(&[a.clone(), b.clone(), c]);
+    assert!(loaded[0].is_ok() && loaded[2].is_ok());
+    let e = loaded[1].as_ref().unwrap_err();
+    assert_eq!((e.file.as_path(), e.line, e.column), (b.as_path(), 3, 7));
+    assert_eq!(
+        e.message,
+        format!(
+            "name: \"web\" is already the name of {}:1 (scenario names are unique)",
+            a.display()
+        )
+    );
+}
