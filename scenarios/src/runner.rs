@@ -41,7 +41,7 @@ pub struct Overrides {
     /// Run the built-in host over real sockets (real clock) instead of in-process.
     pub wire: bool,
     /// Run every scenario with this agent release.
-    pub agent_version: Option<String>,
+    pub agent_version: Option<sim_agent::AgentVersion>,
 }
 
 /// One scenario's result.
@@ -108,8 +108,8 @@ pub fn run_file(file: &Path, o: &Overrides) -> Report {
             if let Some(seed) = o.seed {
                 s.seed = seed;
             }
-            if let Some(v) = &o.agent_version {
-                s.config.agent_version = Some(v.clone());
+            if let Some(v) = o.agent_version {
+                s.config.agent_version = Some(v);
             }
             let (outcome, mismatches) = match &o.exec {
                 None => {

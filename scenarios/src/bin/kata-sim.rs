@@ -310,7 +310,7 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
                         seed,
                         exec: exec.clone(),
                         wire: transport == "wire",
-                        agent_version: agent_version.map(|v| v.to_string()),
+                        agent_version,
                     },
                 );
                 eprintln!(
@@ -389,13 +389,13 @@ fn scenario_main(command: Command) -> anyhow::Result<()> {
                     );
                     runner::Overrides {
                         exec: Some(command.clone()),
-                        agent_version: agent_version.map(|v| v.to_string()),
+                        agent_version,
                         ..Default::default()
                     }
                 } else {
                     runner::Overrides {
                         persona: persona_of(d)?,
-                        agent_version: agent_version.map(|v| v.to_string()),
+                        agent_version,
                         ..Default::default()
                     }
                 };
