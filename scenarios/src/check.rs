@@ -1,7 +1,8 @@
 //! Checking a run's [`Outcome`] against its scenario's `expect` section.
 
 use crate::host::Outcome;
-use crate::schema::Scenario;
+use crate::record::Call;
+use crate::schema::{Scenario, Teardown};
 
 /// One unmet expectation: what was expected and what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,9 +25,39 @@ impl std::fmt::Display for Mismatch {
     }
 }
 
-/// The method name of a call line (`CreateContainer container_id=c1 -> OK`).
-fn method(call: &str) -> &str {
-    call.split_whitespace().next().unwrap_or_default()
+/// Whether `call` is a call of the operation an expectation names (`order`, `absent`).
+fn is_call_of(call: &Call, want: &str) -> bool {
+    call.op.name() == want
+}
+
+/// Text as a person reads it: quoted, escapes shown (`"hi\n"`).
+fn quoted(text: &str) -> String {
+    format!("{text:?}")
+}
+
+/// A list of texts as a person reads it: each quoted, or `none`.
+fn quoted_list(texts: &[String]) -> String {
+    if texts.is_empty() {
+        return "none".into();
+    }
+    texts
+        .iter()
+        .map(|t| quoted(t))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A teardown as a scenario writes it.
+fn teardown(t: Teardown) -> &'static str {
+    match t {
+        Teardown::Completed => "completed",
+        Teardown::Incomplete => "incomplete",
+    }
+}
+
+/// Where a call first appears: `call 3` (from 1, as a person counts), or `never called`.
+fn at(position: Option<usize>) -> String {
+    position.map_or("never called".into(), |p| format!("call {}", p + 1))
 }
 
 /// Every unmet expectation, in a stable order.
@@ -55,20 +86,20 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
         if got != Some(want.as_str()) {
             miss(
                 format!("stdout.{key}"),
-                format!("{want:?}"),
-                format!("{got:?}"),
+                quoted(want),
+                got.map_or(format!("no process {key}"), quoted),
             );
         }
     }
     for (key, want) in &e.host_files {
-        let got = o.host_files.get(key).cloned().flatten();
+        let got = o.host_files.get(key).and_then(Option::as_deref);
         // `null` means the file stays empty.
-        let want_text = want.clone().unwrap_or_default();
-        if got.as_deref() != Some(want_text.as_str()) {
+        let want_text = want.as_deref().unwrap_or_default();
+        if got != Some(want_text) {
             miss(
                 format!("host_files.{key}"),
-                format!("{want_text:?}"),
-                format!("{got:?}"),
+                quoted(want_text),
+                got.map_or("no file".into(), quoted),
             );
         }
     }
@@ -76,20 +107,20 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
         if !o.errors.iter().any(|x| x.contains(want.as_str())) {
             miss(
                 "errors".into(),
-                format!("one containing {want:?}"),
-                format!("{:?}", o.errors),
+                format!("one containing {}", quoted(want)),
+                quoted_list(&o.errors),
             );
         }
     }
     if e.errors.is_empty() && !o.errors.is_empty() {
-        miss("errors".into(), "none".into(), format!("{:?}", o.errors));
+        miss("errors".into(), "none".into(), quoted_list(&o.errors));
     }
     for want in &e.warnings {
         if !o.warnings.iter().any(|x| x.contains(want.as_str())) {
             miss(
                 "warnings".into(),
-                format!("one containing {want:?}"),
-                format!("{:?}", o.warnings),
+                format!("one containing {}", quoted(want)),
+                quoted_list(&o.warnings),
             );
         }
     }
@@ -98,36 +129,43 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
     {
         miss(
             "teardown".into(),
-            format!("{t:?}"),
-            format!("{:?}", o.teardown),
+            teardown(t).into(),
+            teardown(o.teardown).into(),
         );
     }
     for [a, b] in &e.order {
-        let pa = o.calls.iter().position(|c| method(c) == a);
-        let pb = o.calls.iter().position(|c| method(c) == b);
+        let pa = o.calls.iter().position(|c| is_call_of(c, a));
+        let pb = o.calls.iter().position(|c| is_call_of(c, b));
         match (pa, pb) {
             (Some(x), Some(y)) if x < y => {}
             _ => miss(
                 format!("order {a} before {b}"),
                 format!("{a} at some call before {b}"),
-                format!("{a} at {pa:?}, {b} at {pb:?}"),
+                format!("{a} at {}, {b} at {}", at(pa), at(pb)),
             ),
         }
     }
     for m in &e.absent {
-        if let Some(c) = o.calls.iter().find(|c| method(c) == m) {
-            miss(format!("absent {m}"), "never called".into(), c.clone());
+        if let Some(c) = o.calls.iter().find(|c| is_call_of(c, m)) {
+            miss(format!("absent {m}"), "never called".into(), c.to_string());
         }
     }
-    // Folded lines (`... x3`) stand for several faults.
-    let fired: u64 = o.faults.iter().map(|l| crate::host::line_count(l)).sum();
+    let fired = o.faults_fired();
     if let Some(n) = e.faults_fired
         && n as u64 != fired
     {
+        let mut kept: Vec<String> = o.faults.iter().map(ToString::to_string).collect();
+        if o.faults_not_kept > 0 {
+            kept.insert(0, format!("{} earlier ones not kept", o.faults_not_kept));
+        }
         miss(
             "faults_fired".into(),
             n.to_string(),
-            format!("{fired} {:?}", o.faults),
+            if kept.is_empty() {
+                fired.to_string()
+            } else {
+                format!("{fired} ({})", kept.join(", "))
+            },
         );
     }
     out

@@ -3,6 +3,7 @@
 //!
 //! - [`schema`]: the scenario format; [`load`]: loading it with located errors.
 //! - [`host`]: the built-in host runtime (personas `go` and `rs`); [`check`]: expectations.
+//! - [`record`]: the typed lines of a run's record (calls, faults that fired).
 //! - [`exec`]: the `exec` driver: a real host runtime against a kata-sim service.
 //! - [`render`]: Mermaid diagrams of a run, and diffs of two runs' agent calls.
 //! - [`runner`]: `kata-sim run` and `check`: finding files, summaries, JUnit.
@@ -12,6 +13,7 @@ pub mod check;
 pub mod exec;
 pub mod host;
 pub mod load;
+pub mod record;
 pub mod render;
 pub mod runner;
 pub mod schema;
