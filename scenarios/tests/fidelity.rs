@@ -83,23 +83,23 @@ fn recorded(file: &str) -> (Vec<String>, Option<i64>, Option<String>) {
     (calls, exit, message)
 }
 
-/// The scenario's agent calls in the same form.
+/// The scenario's agent calls in the same form, from the typed record.
 fn simulated(outcome: &kata_sim::host::Outcome) -> Vec<String> {
     outcome
         .calls
         .iter()
-        .filter_map(|line| {
-            let (call, _) = line.split_once(" -> ")?;
-            let mut words = call.split_whitespace();
-            let method = words.next()?;
-            if is_poll(method) || matches!(method, "CreateVM" | "StartVM" | "StopVM" | "KillVM") {
+        .filter_map(|call| {
+            // The hypervisor's operations are not in the agent's recording.
+            let sim_agent::Op::Agent(method) = call.op else {
+                return None;
+            };
+            if is_poll(method.wire_name()) {
                 return None;
             }
-            let fields: Vec<(&str, &str)> = words.filter_map(|w| w.split_once('=')).collect();
-            let mut out = method.to_string();
+            let mut out = method.wire_name().to_string();
             // In the recording's field order (KEYS).
             for k in KEYS {
-                if let Some((_, v)) = fields.iter().find(|(name, _)| name == k) {
+                if let Some(v) = call.field(k) {
                     let v = if *k == "path" {
                         normalize_path(v)
                     } else {
