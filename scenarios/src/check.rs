@@ -170,3 +170,87 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{ProcessOutcome, failed};
+    use crate::record::{Call, FaultFired};
+    use sim_agent::{CallStatus, Method, Op};
+
+    fn scenario(expect: &str) -> Scenario {
+        let text = format!("name: t\nsteps: []\nexpect:\n{expect}");
+        crate::load::parse(std::path::Path::new("t.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn call(method: Method, count: u64) -> Call {
+        Call {
+            op: Op::Agent(method),
+            fields: vec![("container_id".into(), "c1".into())],
+            status: CallStatus::Ok,
+            fault: None,
+            note: None,
+            count,
+        }
+    }
+
+    fn shown(m: &[Mismatch]) -> Vec<String> {
+        m.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn failures_read_as_a_person_writes_them() {
+        let s = scenario(
+            "  exit_codes: { c1: 0 }
+  stdout: { c1: \"hi\\n\", c2: \"x\" }
+  host_files: { c1: \"bye\\n\" }
+  teardown: completed
+  order: [[DestroySandbox, Check]]
+  absent: [Check]
+  faults_fired: 1
+",
+        );
+        let mut o = failed(&s, "boom".into());
+        o.processes.insert(
+            "c1".into(),
+            ProcessOutcome {
+                exit_code: None,
+                stdout: "ho\n".into(),
+                stderr: String::new(),
+            },
+        );
+        o.calls = vec![call(Method::Check, 3)];
+        o.faults = vec![FaultFired {
+            rule: 1,
+            target: "Check".into(),
+            action: "hang".into(),
+            count: 2,
+        }];
+        o.faults_not_kept = 5;
+        let text = shown(&check(&s, &o)).join("\n");
+        for want in [
+            "exit_codes.c1:\n  - expected: 0\n  + actual:   no exit status",
+            "stdout.c1:\n  - expected: \"hi\\n\"\n  + actual:   \"ho\\n\"",
+            "stdout.c2:\n  - expected: \"x\"\n  + actual:   no process c2",
+            "host_files.c1:\n  - expected: \"bye\\n\"\n  + actual:   no file",
+            "errors:\n  - expected: none\n  + actual:   \"boom\"",
+            "teardown:\n  - expected: completed\n  + actual:   incomplete",
+            "order DestroySandbox before Check:\n  - expected: DestroySandbox at some call before Check\n  + actual:   DestroySandbox at never called, Check at call 1",
+            "absent Check:\n  - expected: never called\n  + actual:   Check container_id=c1 -> OK x3",
+            "faults_fired:\n  - expected: 1\n  + actual:   7 (5 earlier ones not kept, #1 Check hang x2)",
+        ] {
+            assert!(text.contains(want), "{want}\nnot in:\n{text}");
+        }
+        assert!(!text.contains("Some(") && !text.contains("None"), "{text}");
+    }
+
+    #[test]
+    fn met_expectations_compare_typed_calls() {
+        let s = scenario(
+            "  errors: [boom]\n  order: [[Check, DestroySandbox]]\n  absent: [StopVM]\n  faults_fired: 0\n",
+        );
+        let mut o = failed(&s, "boom".into());
+        o.calls = vec![call(Method::Check, 1), call(Method::DestroySandbox, 1)];
+        assert_eq!(check(&s, &o), []);
+    }
+}

@@ -139,9 +139,83 @@ pub fn diff<T: PartialEq + std::fmt::Display>(a: &[T], b: &[T]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Call;
+    use sim_agent::VmOp;
 
     fn v(x: &[&str]) -> Vec<String> {
         x.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn call(op: Op, fields: &[(&str, &str)], status: CallStatus) -> Call {
+        Call {
+            op,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            status,
+            fault: None,
+            note: None,
+            count: 1,
+        }
+    }
+
+    fn outcome(calls: Vec<Call>) -> Outcome {
+        let s = crate::load::parse(std::path::Path::new("t.yaml"), "name: t\nsteps: []\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut o = crate::host::failed(&s, String::new());
+        o.calls = calls;
+        o
+    }
+
+    #[test]
+    fn agent_calls_drop_vm_operations_and_polls_and_name_ids_by_order() {
+        let o = outcome(vec![
+            call(Op::Vm(VmOp::StartVM), &[("timeout", "600")], CallStatus::Ok),
+            call(
+                Op::Agent(Method::CreateSandbox),
+                &[("sandbox_id", "pod"), ("hostname", "")],
+                CallStatus::Ok,
+            ),
+            call(
+                Op::Agent(Method::CreateContainer),
+                &[("container_id", "web"), ("exec_id", "web")],
+                CallStatus::Ok,
+            ),
+            call(
+                Op::Agent(Method::ReadStdout),
+                &[("container_id", "web")],
+                CallStatus::Ok,
+            ),
+            call(
+                Op::Agent(Method::ExecProcess),
+                &[("container_id", "web"), ("exec_id", "e1")],
+                CallStatus::Code(ttrpc::Code::NOT_FOUND),
+            ),
+        ]);
+        let text: Vec<String> = agent_calls(&o).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "CreateSandbox sandbox_id=$SANDBOX hostname=",
+                "CreateContainer container_id=$C1 exec_id=$C1",
+                "ExecProcess container_id=$C1 exec_id=e1",
+            ]
+        );
+    }
+
+    #[test]
+    fn mermaid_sends_vm_operations_to_the_hypervisor_and_marks_failures() {
+        let mut folded = call(Op::Agent(Method::Check), &[("service", "")], CallStatus::Ok);
+        folded.count = 4;
+        let mut faulted = call(Op::Vm(VmOp::StopVM), &[], CallStatus::Closed);
+        faulted.fault = Some("hang".into());
+        let m = mermaid(&outcome(vec![folded, faulted]));
+        assert!(m.contains("    H->>A: Check\n    A-->>H: OK x4\n"), "{m}");
+        assert!(
+            m.contains("    H->>V: StopVM\n    Note over V: fault hang\n    V--xH: CLOSED\n"),
+            "{m}"
+        );
     }
 
     #[test]
