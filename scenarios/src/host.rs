@@ -263,13 +263,21 @@ pub fn stuck_call(trace: &Trace, blamed: &mut Vec<u64>) -> Option<Call> {
 }
 
 /// What the guest model noted (such as a shell word its userland did not understand) on the
-/// calls about `call`'s container, or on any call when `call` names none: in order, each once.
+/// calls about `call`'s process (its container, and its exec when both calls name one), or on
+/// any call when `call` names no container: in order, each once.
 fn notes(trace: &Trace, call: Option<&Call>) -> Vec<String> {
-    let container = call.and_then(|c| c.field("container_id"));
+    let named = |c: Option<&str>| c.filter(|v| !v.is_empty());
+    let container = call.and_then(|c| named(c.field("container_id")));
+    let exec = call.and_then(|c| named(c.field("exec_id")));
     let mut out: Vec<String> = Vec::new();
     for e in trace.events() {
         let Some(n) = &e.note else { continue };
-        if container.is_some_and(|c| e.field("container_id") != Some(c)) || out.contains(n) {
+        let other_container = container.is_some_and(|c| named(e.field("container_id")) != Some(c));
+        let other_exec = matches!(
+            (exec, named(e.field("exec_id"))),
+            (Some(a), Some(b)) if a != b
+        );
+        if other_container || other_exec || out.contains(n) {
             continue;
         }
         out.push(n.clone());
