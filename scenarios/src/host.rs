@@ -266,7 +266,9 @@ pub fn stuck_call(trace: &Trace, blamed: &mut Vec<u64>) -> Option<Call> {
 /// calls about `call`'s process (its container, and its exec when both calls name one), or on
 /// any call when `call` names no container: in order, each once.
 fn notes(trace: &Trace, call: Option<&Call>) -> Vec<String> {
-    let named = |c: Option<&str>| c.filter(|v| !v.is_empty());
+    fn named(v: Option<&str>) -> Option<&str> {
+        v.filter(|v| !v.is_empty())
+    }
     let container = call.and_then(|c| named(c.field("container_id")));
     let exec = call.and_then(|c| named(c.field("exec_id")));
     let mut out: Vec<String> = Vec::new();
