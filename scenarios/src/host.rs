@@ -1444,3 +1444,55 @@ pub fn run_wire_blocking(s: &Scenario) -> Outcome {
         .expect("a tokio runtime");
     rt.block_on(run_with::<Wire>(s))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sim_agent::{CallStatus, Method};
+
+    #[test]
+    fn a_stuck_run_names_the_call_and_what_the_guest_noted() {
+        let trace = Trace::folding();
+        let c = |id: &str| ("container_id", id.to_string());
+        let s = trace.begin(Method::StartContainer, None, &[c("c1")]);
+        trace.note(
+            s,
+            "sh -c \"echo $HOME\": \"$\": runs until signalled".into(),
+        );
+        trace.end(s, CallStatus::Ok, "");
+        let s = trace.begin(Method::StartContainer, None, &[c("c2")]);
+        trace.note(s, "c2's word".into());
+        trace.end(s, CallStatus::Ok, "");
+        trace.begin(Method::GetOOMEvent, None, &[]);
+        let mut blamed = Vec::new();
+        // Nothing is pending but the OOM watcher: the run did not finish, every note counts.
+        assert_eq!(stuck_call(&trace, &mut blamed), None);
+        assert_eq!(
+            stuck_message("the run", &trace, None, Duration::from_secs(120), "real"),
+            "the run: did not finish within 120 s of real time (the guest noted: \
+             sh -c \"echo $HOME\": \"$\": runs until signalled; c2's word)"
+        );
+        trace.begin(
+            Method::WaitProcess,
+            None,
+            &[c("c1"), ("exec_id", "c1".into())],
+        );
+        let call = stuck_call(&trace, &mut blamed);
+        assert_eq!(
+            stuck_message(
+                "steps[3]",
+                &trace,
+                call,
+                Duration::from_secs(3600),
+                "virtual"
+            ),
+            "steps[3]: stuck in WaitProcess{container_id=c1, exec_id=c1} after 3600 s of \
+             virtual time (the guest noted: sh -c \"echo $HOME\": \"$\": runs until signalled)"
+        );
+        assert_eq!(
+            stuck_call(&trace, &mut blamed),
+            None,
+            "a call is blamed once"
+        );
+    }
+}
