@@ -116,11 +116,12 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
         miss("errors".into(), "none".into(), quoted_list(&o.errors));
     }
     for want in &e.warnings {
-        if !o.warnings.iter().any(|x| x.contains(want.as_str())) {
+        if !o.warnings.iter().any(|x| x.text.contains(want.as_str())) {
+            let warnings: Vec<String> = o.warnings.iter().map(ToString::to_string).collect();
             miss(
                 "warnings".into(),
                 format!("one containing {}", quoted(want)),
-                quoted_list(&o.warnings),
+                quoted_list(&warnings),
             );
         }
     }

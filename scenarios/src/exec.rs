@@ -32,7 +32,7 @@ use sim_agent::fault::FaultEngine;
 use sim_hypervisor::{Fleet, FleetConfig, RemoteHypervisorServer, SimVmConfig};
 
 use crate::host::{Outcome, agent_config};
-use crate::record::{Call, FaultFired};
+use crate::record::{Call, FaultFired, Warning};
 use crate::schema::{Scenario, Teardown};
 
 /// How long the command may run.
@@ -185,7 +185,7 @@ pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
         errors,
         warnings: left
             .iter()
-            .map(|id| format!("the runtime left VM {id} running"))
+            .map(|id| Warning::once(format!("the runtime left VM {id} running")))
             .collect(),
         teardown: if left.is_empty() {
             Teardown::Completed

@@ -40,7 +40,7 @@ use sim_agent::{Agent, AgentRpc, AgentVersion, CallOpts, RemoteAgent, SimAgent, 
 use sim_hypervisor::{Hypervisor, HypervisorConfig, Network, SimHypervisor, SimVmConfig};
 use tokio::task::JoinHandle;
 
-use crate::record::{Call, FaultFired};
+use crate::record::{Call, FaultFired, Warning};
 use crate::schema::{Persona, Scenario, SharedFs, Step, Teardown};
 
 const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
@@ -127,8 +127,8 @@ pub struct Outcome {
     pub host_files: BTreeMap<String, Option<String>>,
     /// Errors the host reported (failed steps).
     pub errors: Vec<String>,
-    /// Warnings the host logged (and went on).
-    pub warnings: Vec<String>,
+    /// Warnings the host logged (and went on), identical consecutive ones folded.
+    pub warnings: Vec<Warning>,
     /// Whether the sandbox was torn down.
     pub teardown: Teardown,
     /// Containers left in the guest at the end, sorted.
@@ -220,22 +220,17 @@ struct Host<T: Transport> {
 #[derive(Debug, Default)]
 struct Log {
     errors: Vec<String>,
-    /// Warnings, consecutive repeats folded: (text, how many times).
-    warnings: Vec<(String, u64)>,
+    /// Warnings, consecutive repeats folded.
+    warnings: Vec<Warning>,
 }
 
 impl Log {
     fn warn(&mut self, w: String) {
         match self.warnings.last_mut() {
-            Some((last, n)) if *last == w => *n += 1,
-            _ => self.warnings.push((w, 1)),
+            Some(last) if last.text == w => last.count = last.count.saturating_add(1),
+            _ => self.warnings.push(Warning { text: w, count: 1 }),
         }
     }
-}
-
-/// A record line for something that happened `n` times in a row: `line` or `line xN`.
-fn folded(line: String, n: u64) -> String {
-    if n > 1 { format!("{line} x{n}") } else { line }
 }
 
 /// The call the host is stuck in: the most recent call that has not answered, other than the
@@ -1214,11 +1209,7 @@ fn outcome<T: Transport>(
         processes,
         host_files,
         errors: log.errors,
-        warnings: log
-            .warnings
-            .into_iter()
-            .map(|(w, n)| folded(w, n))
-            .collect(),
+        warnings: log.warnings,
         teardown,
         guest_containers,
     }

@@ -1,5 +1,5 @@
 //! The typed lines of a run's record ([`crate::host::Outcome`]): each call the host made
-//! ([`Call`]) and each fault that fired ([`FaultFired`]). The code works on their fields; their
+//! ([`Call`]), each fault that fired ([`FaultFired`]) and each warning ([`Warning`]). The code works on their fields; their
 //! one-line text (`Display`, also their serde form) is for people and snapshots only, and
 //! nothing parses it back.
 
@@ -133,6 +133,36 @@ impl fmt::Display for FaultFired {
 }
 
 impl Serialize for FaultFired {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A warning the host logged (or a run of identical consecutive ones). Its text: the warning,
+/// then ` xN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// What the host said.
+    pub text: String,
+    /// How many times in a row it said it (at least 1).
+    pub count: u64,
+}
+
+impl Warning {
+    /// A warning said once.
+    pub fn once(text: String) -> Self {
+        Warning { text, count: 1 }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)?;
+        times(f, self.count)
+    }
+}
+
+impl Serialize for Warning {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
