@@ -31,7 +31,8 @@ use tokio::sync::watch;
 use sim_agent::fault::FaultEngine;
 use sim_hypervisor::{Fleet, FleetConfig, RemoteHypervisorServer, SimVmConfig};
 
-use crate::host::{Outcome, agent_config, describe_event};
+use crate::host::{Outcome, agent_config};
+use crate::record::{Call, FaultFired, Warning};
 use crate::schema::{Scenario, Teardown};
 
 /// How long the command may run.
@@ -174,18 +175,15 @@ pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
         name: s.name.clone(),
         persona: s.config.persona,
         seed: s.seed,
-        calls: events.iter().map(describe_event).collect(),
-        faults: engine
-            .fired()
-            .iter()
-            .map(|f| format!("#{} {} {}", f.rule, f.target, f.action))
-            .collect(),
+        calls: events.iter().map(Call::from).collect(),
+        faults: FaultFired::folded(&engine.fired()),
+        faults_not_kept: engine.fired_dropped(),
         processes: BTreeMap::new(),
         host_files: BTreeMap::new(),
         errors,
         warnings: left
             .iter()
-            .map(|id| format!("the runtime left VM {id} running"))
+            .map(|id| Warning::once(format!("the runtime left VM {id} running")))
             .collect(),
         teardown: if left.is_empty() {
             Teardown::Completed

@@ -40,6 +40,7 @@ use sim_agent::{Agent, AgentRpc, CallOpts, RemoteAgent, SimAgent, SimConfig, Tra
 use sim_hypervisor::{Hypervisor, HypervisorConfig, Network, SimHypervisor, SimVmConfig};
 use tokio::task::JoinHandle;
 
+use crate::record::{Call, FaultFired, Warning};
 use crate::schema::{Persona, Scenario, SharedFs, Step, Teardown};
 
 const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
@@ -112,22 +113,40 @@ pub struct Outcome {
     pub persona: Persona,
     /// The seed.
     pub seed: u64,
-    /// Every agent RPC and VM operation, in order: `Method key=value -> STATUS [fault]`.
-    pub calls: Vec<String>,
-    /// The faults that fired: `#rule Target action`.
-    pub faults: Vec<String>,
+    /// Every agent RPC and VM operation, in order (identical consecutive ones folded).
+    pub calls: Vec<Call>,
+    /// The faults that fired, in order (identical consecutive ones folded).
+    pub faults: Vec<FaultFired>,
+    /// How many faults fired before the oldest one [`Outcome::faults`] keeps (a bounded
+    /// engine's record); they count toward `faults_fired`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub faults_not_kept: u64,
     /// Processes by `container` or `container/exec`.
     pub processes: BTreeMap<String, ProcessOutcome>,
     /// The host termination-message file of each container that has one (`None`: absent).
     pub host_files: BTreeMap<String, Option<String>>,
     /// Errors the host reported (failed steps).
     pub errors: Vec<String>,
-    /// Warnings the host logged (and went on).
-    pub warnings: Vec<String>,
+    /// Warnings the host logged (and went on), identical consecutive ones folded.
+    pub warnings: Vec<Warning>,
     /// Whether the sandbox was torn down.
     pub teardown: Teardown,
     /// Containers left in the guest at the end, sorted.
     pub guest_containers: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Outcome {
+    /// How many faults fired in all: the ones kept (each standing for its count) and the
+    /// ones not kept.
+    pub fn faults_fired(&self) -> u64 {
+        self.faults
+            .iter()
+            .fold(self.faults_not_kept, |n, f| n.saturating_add(f.count))
+    }
 }
 
 #[derive(Debug)]
@@ -201,47 +220,33 @@ struct Host<T: Transport> {
 #[derive(Debug, Default)]
 struct Log {
     errors: Vec<String>,
-    /// Warnings, consecutive repeats folded: (text, how many times).
-    warnings: Vec<(String, u64)>,
+    /// Warnings, consecutive repeats folded.
+    warnings: Vec<Warning>,
 }
 
 impl Log {
     fn warn(&mut self, w: String) {
         match self.warnings.last_mut() {
-            Some((last, n)) if *last == w => *n += 1,
-            _ => self.warnings.push((w, 1)),
+            Some(last) if last.text == w => last.count = last.count.saturating_add(1),
+            _ => self.warnings.push(Warning { text: w, count: 1 }),
         }
     }
-}
-
-/// A record line for something that happened `n` times in a row: `line` or `line xN`.
-fn folded(line: String, n: u64) -> String {
-    if n > 1 { format!("{line} x{n}") } else { line }
-}
-
-/// How many calls or faults a record line stands for (`... x18914` stands for 18914, `(N
-/// earlier faults not kept)` for N).
-pub fn line_count(line: &str) -> u64 {
-    if let Some(rest) = line.strip_prefix('(')
-        && let Some((n, _)) = rest.split_once(" earlier")
-    {
-        return n.parse().unwrap_or(0);
-    }
-    line.rsplit_once(" x")
-        .and_then(|(_, n)| n.parse::<u64>().ok())
-        .filter(|n| *n > 1)
-        .unwrap_or(1)
 }
 
 /// The call the host is stuck in: the most recent call that has not answered, other than the
 /// background loops' (`GetOOMEvent` always waits; the monitor's checks only if nothing else
 /// does), and not one already blamed for an earlier stop.
-fn stuck_call(trace: &Trace, blamed: &mut Vec<u64>) -> Option<String> {
+pub fn stuck_call(trace: &Trace, blamed: &mut Vec<u64>) -> Option<Call> {
+    use sim_agent::{Method, Op, VmOp};
     let events = trace.events();
     let pending = |e: &&sim_agent::TraceEvent| {
-        e.status == "PENDING" && e.method != "GetOOMEvent" && !blamed.contains(&e.seq)
+        !e.status.answered()
+            && e.method != Op::Agent(Method::GetOOMEvent)
+            && !blamed.contains(&e.seq)
     };
-    let monitor = |e: &&sim_agent::TraceEvent| matches!(e.method.as_str(), "Check" | "CheckVM");
+    let monitor = |e: &&sim_agent::TraceEvent| {
+        matches!(e.method, Op::Agent(Method::Check) | Op::Vm(VmOp::CheckVM))
+    };
     let e = events
         .iter()
         .rev()
@@ -249,22 +254,57 @@ fn stuck_call(trace: &Trace, blamed: &mut Vec<u64>) -> Option<String> {
         .find(|e| !monitor(e))
         .or_else(|| events.iter().rev().filter(pending).find(monitor))?;
     blamed.push(e.seq);
-    let fields: Vec<String> = e.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    Some(if fields.is_empty() {
-        e.method.clone()
-    } else {
-        format!("{}{{{}}}", e.method, fields.join(", "))
-    })
+    Some(Call::from(e))
 }
 
-/// What a run that stopped waiting reports: where it was stuck and for how long.
-fn stuck_message(what: &str, call: Option<String>, waited: Duration, clock: &str) -> String {
+/// What the guest model noted (such as a shell word its userland did not understand) on the
+/// calls about `call`'s process (its container, and its exec when both calls name one), or on
+/// any call when `call` names no container: in order, each once.
+fn notes(trace: &Trace, call: Option<&Call>) -> Vec<String> {
+    fn named(v: Option<&str>) -> Option<&str> {
+        v.filter(|v| !v.is_empty())
+    }
+    let container = call.and_then(|c| named(c.field("container_id")));
+    let exec = call.and_then(|c| named(c.field("exec_id")));
+    let mut out: Vec<String> = Vec::new();
+    for e in trace.events() {
+        let Some(n) = &e.note else { continue };
+        let other_container = container.is_some_and(|c| named(e.field("container_id")) != Some(c));
+        let other_exec = matches!(
+            (exec, named(e.field("exec_id"))),
+            (Some(a), Some(b)) if a != b
+        );
+        if other_container || other_exec || out.contains(n) {
+            continue;
+        }
+        out.push(n.clone());
+    }
+    out
+}
+
+/// What a run that stopped waiting reports: where it was stuck and for how long, and what the
+/// guest model noted that explains it (a program that runs until signalled).
+fn stuck_message(
+    what: &str,
+    trace: &Trace,
+    call: Option<Call>,
+    waited: Duration,
+    clock: &str,
+) -> String {
     // Whole seconds as `3600`, shorter waits as `0.25`.
     let secs = waited.as_secs_f64();
-    match call {
-        Some(c) => format!("{what}: stuck in {c} after {secs} s of {clock} time"),
+    let notes = notes(trace, call.as_ref());
+    let mut text = match call {
+        Some(c) => format!(
+            "{what}: stuck in {} after {secs} s of {clock} time",
+            c.short()
+        ),
         None => format!("{what}: did not finish within {secs} s of {clock} time"),
+    };
+    if !notes.is_empty() {
+        text.push_str(&format!(" (the guest noted: {})", notes.join("; ")));
     }
+    text
 }
 
 /// The text of a panic's payload.
@@ -921,25 +961,6 @@ impl<T: Transport> Host<T> {
     }
 }
 
-/// One trace event as a record line: `Method key=value -> STATUS [fault: ...]`.
-pub fn describe_event(e: &sim_agent::TraceEvent) -> String {
-    let mut line = e.method.clone();
-    for (k, v) in &e.fields {
-        // Paths of copied files carry a random part that the seed fixes; keep them.
-        line.push_str(&format!(" {k}={v}"));
-    }
-    let status = if e.status.is_empty() {
-        "(pending)"
-    } else {
-        e.status.as_str()
-    };
-    line.push_str(&format!(" -> {status}"));
-    if let Some(f) = &e.fault {
-        line.push_str(&format!(" [fault: {f}]"));
-    }
-    folded(line, e.count)
-}
-
 /// Runs a scenario with the built-in host. Call it on a runtime with a paused clock
 /// (`tokio::test(start_paused = true)` or a current-thread runtime with `start_paused`).
 pub async fn run(s: &Scenario) -> Outcome {
@@ -1029,7 +1050,7 @@ pub async fn run_with_limits<T: Transport>(s: &Scenario, limits: Limits) -> Outc
         }
         Ended::OutOfTime => {
             let call = stuck_call(&trace, &mut blamed);
-            host.error(stuck_message("the run", call, limits.real, "real"));
+            host.error(stuck_message("the run", &trace, call, limits.real, "real"));
             false
         }
     };
@@ -1079,6 +1100,7 @@ async fn run_body<T: Transport>(
                 let call = stuck_call(trace, blamed);
                 host.error(stuck_message(
                     &format!("steps[{i}]"),
+                    trace,
                     call,
                     t0.elapsed(),
                     "virtual",
@@ -1095,7 +1117,13 @@ async fn run_body<T: Transport>(
         Ok(r) => r.is_ok(),
         Err(_) => {
             let call = stuck_call(trace, blamed);
-            host.error(stuck_message("teardown", call, t0.elapsed(), "virtual"));
+            host.error(stuck_message(
+                "teardown",
+                trace,
+                call,
+                t0.elapsed(),
+                "virtual",
+            ));
             false
         }
     }
@@ -1110,6 +1138,7 @@ pub fn failed(s: &Scenario, error: String) -> Outcome {
         seed: s.seed,
         calls: Vec::new(),
         faults: Vec::new(),
+        faults_not_kept: 0,
         processes: BTreeMap::new(),
         host_files: BTreeMap::new(),
         errors: vec![error],
@@ -1164,43 +1193,17 @@ fn outcome<T: Transport>(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let mut faults: Vec<String> = Vec::new();
-    if engine.fired_dropped() > 0 {
-        faults.push(format!(
-            "({} earlier faults not kept)",
-            engine.fired_dropped()
-        ));
-    }
-    let mut last: Option<(String, u64)> = None;
-    for f in engine.fired() {
-        let line = format!("#{} {} {}", f.rule, f.target, f.action);
-        match &mut last {
-            Some((l, n)) if *l == line => *n += 1,
-            _ => {
-                if let Some((l, n)) = last.take() {
-                    faults.push(folded(l, n));
-                }
-                last = Some((line, 1));
-            }
-        }
-    }
-    if let Some((l, n)) = last {
-        faults.push(folded(l, n));
-    }
     Outcome {
         name: s.name.clone(),
         persona: s.config.persona,
         seed: s.seed,
-        calls: trace.events().iter().map(describe_event).collect(),
-        faults,
+        calls: trace.events().iter().map(Call::from).collect(),
+        faults: FaultFired::folded(&engine.fired()),
+        faults_not_kept: engine.fired_dropped(),
         processes,
         host_files,
         errors: log.errors,
-        warnings: log
-            .warnings
-            .into_iter()
-            .map(|(w, n)| folded(w, n))
-            .collect(),
+        warnings: log.warnings,
         teardown,
         guest_containers,
     }
@@ -1409,4 +1412,56 @@ pub fn run_wire_blocking(s: &Scenario) -> Outcome {
         .build()
         .expect("a tokio runtime");
     rt.block_on(run_with::<Wire>(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sim_agent::{CallStatus, Method};
+
+    #[test]
+    fn a_stuck_run_names_the_call_and_what_the_guest_noted() {
+        let trace = Trace::folding();
+        let c = |id: &str| ("container_id", id.to_string());
+        let s = trace.begin(Method::StartContainer, None, &[c("c1")]);
+        trace.note(
+            s,
+            "sh -c \"echo $HOME\": \"$\": runs until signalled".into(),
+        );
+        trace.end(s, CallStatus::Ok, "");
+        let s = trace.begin(Method::StartContainer, None, &[c("c2")]);
+        trace.note(s, "c2's word".into());
+        trace.end(s, CallStatus::Ok, "");
+        trace.begin(Method::GetOOMEvent, None, &[]);
+        let mut blamed = Vec::new();
+        // Nothing is pending but the OOM watcher: the run did not finish, every note counts.
+        assert_eq!(stuck_call(&trace, &mut blamed), None);
+        assert_eq!(
+            stuck_message("the run", &trace, None, Duration::from_secs(120), "real"),
+            "the run: did not finish within 120 s of real time (the guest noted: \
+             sh -c \"echo $HOME\": \"$\": runs until signalled; c2's word)"
+        );
+        trace.begin(
+            Method::WaitProcess,
+            None,
+            &[c("c1"), ("exec_id", "c1".into())],
+        );
+        let call = stuck_call(&trace, &mut blamed);
+        assert_eq!(
+            stuck_message(
+                "steps[3]",
+                &trace,
+                call,
+                Duration::from_secs(3600),
+                "virtual"
+            ),
+            "steps[3]: stuck in WaitProcess{container_id=c1, exec_id=c1} after 3600 s of \
+             virtual time (the guest noted: sh -c \"echo $HOME\": \"$\": runs until signalled)"
+        );
+        assert_eq!(
+            stuck_call(&trace, &mut blamed),
+            None,
+            "a call is blamed once"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`schema`]: the scenario format; [`load`]: loading it with located errors.
 //! - [`host`]: the built-in host runtime (personas `go` and `rs`); [`check`]: expectations.
+//! - [`record`]: the typed lines of a run's record (calls, faults that fired).
 //! - [`exec`]: the `exec` driver: a real host runtime against a kata-sim service.
 //! - [`render`]: Mermaid diagrams of a run, and diffs of two runs' agent calls.
 //! - [`runner`]: `kata-sim run` and `check`: finding files, summaries; [`junit`]: JUnit XML.
@@ -13,6 +14,7 @@ pub mod exec;
 pub mod host;
 pub mod junit;
 pub mod load;
+pub mod record;
 pub mod render;
 pub mod runner;
 pub mod schema;

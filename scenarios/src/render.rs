@@ -3,35 +3,9 @@
 
 use std::fmt::Write as _;
 
+use sim_agent::{CallStatus, Method, Op};
+
 use crate::host::Outcome;
-
-/// Hypervisor operations (the rest are agent RPCs).
-const VM_OPS: &[&str] = &[
-    "CreateVM",
-    "StartVM",
-    "StopVM",
-    "PauseVM",
-    "SaveVM",
-    "ResumeVM",
-    "KillVM",
-    "CheckVM",
-    "AddDevice",
-    "HotplugAddDevice",
-    "HotplugRemoveDevice",
-    "ResizeMemory",
-    "ResizeVCPUs",
-    "Disconnect",
-];
-
-fn split(call: &str) -> (&str, &str, &str, Option<&str>) {
-    let (head, tail) = call.split_once(" -> ").unwrap_or((call, ""));
-    let (status, fault) = match tail.split_once(" [fault: ") {
-        Some((s, f)) => (s, Some(f.trim_end_matches(']'))),
-        None => (tail, None),
-    };
-    let (method, fields) = head.split_once(' ').unwrap_or((head, ""));
-    (method, fields, status, fault)
-}
 
 /// A Mermaid sequence diagram: host, hypervisor and agent, faults as notes.
 pub fn mermaid(o: &Outcome) -> String {
@@ -39,81 +13,100 @@ pub fn mermaid(o: &Outcome) -> String {
         "sequenceDiagram\n    participant H as Host\n    participant V as Hypervisor\n    participant A as Agent\n",
     );
     for call in &o.calls {
-        let (method, fields, status, fault) = split(call);
-        let to = if VM_OPS.contains(&method) { "V" } else { "A" };
-        let fields: String = fields
-            .split_whitespace()
-            .filter(|f| !f.ends_with('='))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let label = if fields.is_empty() {
-            method.to_string()
-        } else {
-            format!("{method} {fields}")
-        };
+        let to = if call.op.is_vm() { "V" } else { "A" };
+        let mut label = call.op.name().to_string();
+        for (k, v) in call.fields.iter().filter(|(_, v)| !v.is_empty()) {
+            let _ = write!(label, " {k}={v}");
+        }
         let _ = writeln!(out, "    H->>{to}: {}", label.replace(';', ","));
-        if let Some(f) = fault {
+        if let Some(f) = &call.fault {
             let _ = writeln!(out, "    Note over {to}: fault {}", f.replace(';', ","));
         }
-        let arrow = if status == "OK" { "-->>" } else { "--x" };
-        let _ = writeln!(
-            out,
-            "    {to}{arrow}H: {}",
-            if status.is_empty() {
-                "(pending)"
-            } else {
-                status
-            }
-        );
+        if let Some(n) = &call.note {
+            let _ = writeln!(out, "    Note over {to}: {}", n.replace(';', ","));
+        }
+        let arrow = if call.status == CallStatus::Ok {
+            "-->>"
+        } else {
+            "--x"
+        };
+        let times = if call.count > 1 {
+            format!(" x{}", call.count)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "    {to}{arrow}H: {}{times}", call.status);
     }
     out
 }
 
-/// The agent calls of a run without stdio and OOM polls, as `Method key=value ...`, with
-/// sandbox and container ids replaced by `$SANDBOX` and `$C1`, `$C2`... in order of
-/// appearance (two runtimes name their containers differently).
-pub fn agent_calls(o: &Outcome) -> Vec<String> {
+/// One agent call as [`agent_calls`] compares it: the RPC and its key fields, ids replaced.
+/// Its text: `Method key=value ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCall {
+    /// The RPC.
+    pub method: Method,
+    /// Its key fields in their fixed order; sandbox and container ids replaced.
+    pub fields: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for AgentCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.method.wire_name())?;
+        for (k, v) in &self.fields {
+            write!(f, " {k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The agent calls of a run without stdio and OOM polls, with sandbox and container ids
+/// replaced by `$SANDBOX` and `$C1`, `$C2`... in order of appearance (two runtimes name their
+/// containers differently).
+pub fn agent_calls(o: &Outcome) -> Vec<AgentCall> {
     let mut ids: Vec<String> = Vec::new();
     o.calls
         .iter()
         .filter_map(|c| {
-            let (method, fields, _, _) = split(c);
-            if VM_OPS.contains(&method)
-                || matches!(method, "ReadStdout" | "ReadStderr" | "GetOOMEvent")
-            {
+            let Op::Agent(method) = c.op else {
+                return None;
+            };
+            if matches!(
+                method,
+                Method::ReadStdout | Method::ReadStderr | Method::GetOOMEvent
+            ) {
                 return None;
             }
-            let mut line = method.to_string();
-            for f in fields.split_whitespace() {
-                let (k, v) = f.split_once('=').unwrap_or((f, ""));
-                let v = match k {
-                    "sandbox_id" if !v.is_empty() => "$SANDBOX".to_string(),
-                    "container_id" | "exec_id" if !v.is_empty() => {
-                        let n = match ids.iter().position(|x| x == v) {
-                            Some(n) => n,
-                            None if k == "container_id" => {
-                                ids.push(v.to_string());
-                                ids.len() - 1
+            let fields = c
+                .fields
+                .iter()
+                .map(|(k, v)| {
+                    let v = match k.as_str() {
+                        "sandbox_id" if !v.is_empty() => "$SANDBOX".to_string(),
+                        "container_id" | "exec_id" if !v.is_empty() => {
+                            match ids.iter().position(|x| x == v) {
+                                Some(n) => format!("$C{}", n + 1),
+                                None if k == "container_id" => {
+                                    ids.push(v.clone());
+                                    format!("$C{}", ids.len())
+                                }
+                                // An exec id of its own stays as it is.
+                                None => v.clone(),
                             }
-                            None => {
-                                line.push_str(&format!(" {k}={v}"));
-                                continue;
-                            }
-                        };
-                        format!("$C{}", n + 1)
-                    }
-                    _ => v.to_string(),
-                };
-                line.push_str(&format!(" {k}={v}"));
-            }
-            Some(line)
+                        }
+                        _ => v.clone(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            Some(AgentCall { method, fields })
         })
         .collect()
 }
 
 /// A line diff (longest common subsequence) of two call lists: `  ` same, `- ` only in `a`,
-/// `+ ` only in `b`.
-pub fn diff(a: &[String], b: &[String]) -> Vec<String> {
+/// `+ ` only in `b`; each line is the item's text.
+pub fn diff<T: PartialEq + std::fmt::Display>(a: &[T], b: &[T]) -> Vec<String> {
     let (n, m) = (a.len(), b.len());
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
@@ -146,9 +139,83 @@ pub fn diff(a: &[String], b: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Call;
+    use sim_agent::VmOp;
 
     fn v(x: &[&str]) -> Vec<String> {
         x.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn call(op: Op, fields: &[(&str, &str)], status: CallStatus) -> Call {
+        Call {
+            op,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            status,
+            fault: None,
+            note: None,
+            count: 1,
+        }
+    }
+
+    fn outcome(calls: Vec<Call>) -> Outcome {
+        let s = crate::load::parse(std::path::Path::new("t.yaml"), "name: t\nsteps: []\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut o = crate::host::failed(&s, String::new());
+        o.calls = calls;
+        o
+    }
+
+    #[test]
+    fn agent_calls_drop_vm_operations_and_polls_and_name_ids_by_order() {
+        let o = outcome(vec![
+            call(Op::Vm(VmOp::StartVM), &[("timeout", "600")], CallStatus::Ok),
+            call(
+                Op::Agent(Method::CreateSandbox),
+                &[("sandbox_id", "pod"), ("hostname", "")],
+                CallStatus::Ok,
+            ),
+            call(
+                Op::Agent(Method::CreateContainer),
+                &[("container_id", "web"), ("exec_id", "web")],
+                CallStatus::Ok,
+            ),
+            call(
+                Op::Agent(Method::ReadStdout),
+                &[("container_id", "web")],
+                CallStatus::Ok,
+            ),
+            call(
+                Op::Agent(Method::ExecProcess),
+                &[("container_id", "web"), ("exec_id", "e1")],
+                CallStatus::Code(ttrpc::Code::NOT_FOUND),
+            ),
+        ]);
+        let text: Vec<String> = agent_calls(&o).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "CreateSandbox sandbox_id=$SANDBOX hostname=",
+                "CreateContainer container_id=$C1 exec_id=$C1",
+                "ExecProcess container_id=$C1 exec_id=e1",
+            ]
+        );
+    }
+
+    #[test]
+    fn mermaid_sends_vm_operations_to_the_hypervisor_and_marks_failures() {
+        let mut folded = call(Op::Agent(Method::Check), &[("service", "")], CallStatus::Ok);
+        folded.count = 4;
+        let mut faulted = call(Op::Vm(VmOp::StopVM), &[], CallStatus::Closed);
+        faulted.fault = Some("hang".into());
+        let m = mermaid(&outcome(vec![folded, faulted]));
+        assert!(m.contains("    H->>A: Check\n    A-->>H: OK x4\n"), "{m}");
+        assert!(
+            m.contains("    H->>V: StopVM\n    Note over V: fault hang\n    V--xH: CLOSED\n"),
+            "{m}"
+        );
     }
 
     #[test]

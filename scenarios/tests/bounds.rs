@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use kata_sim::host::{Limits, Outcome, Wire, line_count, run_blocking, run_with_limits};
+use kata_sim::host::{Limits, Outcome, Wire, run_blocking, run_with_limits};
 use kata_sim::schema::{Scenario, Step};
+use sim_agent::{CallStatus, Method, Op};
 
 fn scenario(text: &str) -> Scenario {
     kata_sim::load::parse(std::path::Path::new("bounds.yaml"), text)
@@ -15,7 +16,7 @@ fn scenario(text: &str) -> Scenario {
 
 /// How many calls the record stands for, and how many lines hold them.
 fn calls(o: &Outcome) -> (u64, usize) {
-    (o.calls.iter().map(|l| line_count(l)).sum(), o.calls.len())
+    (o.calls.iter().map(|c| c.count).sum(), o.calls.len())
 }
 
 fn has_error(o: &Outcome, needle: &str) -> bool {
@@ -84,8 +85,12 @@ fn an_oom_fault_on_the_oom_watcher_does_not_spin() {
     let polls: u64 = o
         .calls
         .iter()
-        .filter(|l| l.starts_with("GetOOMEvent -> OK [fault: oom(c1)]"))
-        .map(|l| line_count(l))
+        .filter(|c| {
+            c.op == Op::Agent(Method::GetOOMEvent)
+                && c.status == CallStatus::Ok
+                && c.fault.as_deref() == Some("oom(c1)")
+        })
+        .map(|c| c.count)
         .sum();
     // 60 s of virtual time at one poll per 10 ms round trip.
     assert!((5_000..=6_100).contains(&polls), "{polls}: {:#?}", o.calls);
@@ -94,7 +99,7 @@ fn an_oom_fault_on_the_oom_watcher_does_not_spin() {
     assert!(
         o.warnings
             .iter()
-            .any(|w| w.starts_with("OOM event for container c1 x"))
+            .any(|w| w.text == "OOM event for container c1" && w.count > 1)
     );
     assert!(o.faults.len() < 40, "{:?}", o.faults);
     assert_eq!(o.processes["c1"].exit_code, Some(137));
@@ -127,8 +132,11 @@ fn runtime_rs_retrying_a_failing_oom_poll_folds_its_record() {
     let polls: u64 = o
         .calls
         .iter()
-        .filter(|l| l.starts_with("GetOOMEvent -> UNAVAILABLE"))
-        .map(|l| line_count(l))
+        .filter(|c| {
+            c.op == Op::Agent(Method::GetOOMEvent)
+                && c.status == CallStatus::Code(ttrpc::Code::UNAVAILABLE)
+        })
+        .map(|c| c.count)
         .sum();
     // runtime-rs retries at once: one poll per 10 ms round trip for 60 s.
     assert!((5_000..=6_100).contains(&polls), "{polls}: {:#?}", o.calls);
@@ -189,7 +197,9 @@ fn a_time_out_of_range_cannot_be_built_even_in_code() {
     let o = run_blocking(&s);
     assert!(o.errors.is_empty(), "{:?}", o.errors);
     assert!(
-        o.calls.iter().any(|c| c.starts_with("CreateSandbox")),
+        o.calls
+            .iter()
+            .any(|c| c.op == Op::Agent(Method::CreateSandbox)),
         "the next step ran"
     );
 }

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use serde_json::Value;
+use sim_agent::{Method, Op};
 
 /// Key fields compared, as `name=value`; copied file names lose their random part.
 fn normalize_path(p: &str) -> String {
@@ -30,8 +31,11 @@ const KEYS: &[&str] = &[
     "sandbox_id",
 ];
 
-fn is_poll(method: &str) -> bool {
-    matches!(method, "ReadStdout" | "ReadStderr" | "GetOOMEvent")
+fn is_poll(method: Method) -> bool {
+    matches!(
+        method,
+        Method::ReadStdout | Method::ReadStderr | Method::GetOOMEvent
+    )
 }
 
 /// The recorded agent calls that were answered, without polls.
@@ -47,12 +51,13 @@ fn recorded(file: &str) -> (Vec<String>, Option<i64>, Option<String>) {
         if v["kind"] != "exchange" || v["channel"] != "agent" || v["resp"].is_null() {
             continue;
         }
-        let method = v["method"].as_str().unwrap().to_string();
-        if is_poll(&method) {
+        let name = v["method"].as_str().unwrap();
+        let method: Method = name.parse().unwrap_or_else(|e| panic!("{file}: {e}"));
+        if is_poll(method) {
             continue;
         }
         let req = &v["decoded"]["request"];
-        let mut call = method.clone();
+        let mut call = method.wire_name().to_string();
         for k in KEYS {
             if let Some(val) = req.get(*k) {
                 let text = match val {
@@ -64,10 +69,10 @@ fn recorded(file: &str) -> (Vec<String>, Option<i64>, Option<String>) {
             }
         }
         let resp = &v["decoded"]["response"];
-        if method == "WaitProcess" && exit.is_none() && v["resp"]["code"] == 0 {
+        if method == Method::WaitProcess && exit.is_none() && v["resp"]["code"] == 0 {
             exit = resp["status"].as_i64();
         }
-        if method == "GetDiagnosticData" {
+        if method == Method::GetDiagnosticData {
             // The decoded form is shortened for display: decode the raw answer.
             use base64::Engine as _;
             use protobuf::Message as _;
@@ -83,23 +88,23 @@ fn recorded(file: &str) -> (Vec<String>, Option<i64>, Option<String>) {
     (calls, exit, message)
 }
 
-/// The scenario's agent calls in the same form.
+/// The scenario's agent calls in the same form, from the typed record.
 fn simulated(outcome: &kata_sim::host::Outcome) -> Vec<String> {
     outcome
         .calls
         .iter()
-        .filter_map(|line| {
-            let (call, _) = line.split_once(" -> ")?;
-            let mut words = call.split_whitespace();
-            let method = words.next()?;
-            if is_poll(method) || matches!(method, "CreateVM" | "StartVM" | "StopVM" | "KillVM") {
+        .filter_map(|call| {
+            // The hypervisor's operations are not in the agent's recording.
+            let Op::Agent(method) = call.op else {
+                return None;
+            };
+            if is_poll(method) {
                 return None;
             }
-            let fields: Vec<(&str, &str)> = words.filter_map(|w| w.split_once('=')).collect();
-            let mut out = method.to_string();
+            let mut out = method.wire_name().to_string();
             // In the recording's field order (KEYS).
             for k in KEYS {
-                if let Some((_, v)) = fields.iter().find(|(name, _)| name == k) {
+                if let Some(v) = call.field(k) {
                     let v = if *k == "path" {
                         normalize_path(v)
                     } else {

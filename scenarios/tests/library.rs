@@ -1,6 +1,7 @@
 //! Runs every scenario of the bundled library (`scenarios/library/`) with the built-in host on
 //! a paused clock: each must meet its own expectations, and its normalized record must match
-//! its insta snapshot in the top-level `snapshots/` (review changes with `cargo insta review`).
+//! its insta snapshot in `scenarios/tests/snapshots/`, where cargo-insta looks for this test's
+//! snapshots (`cargo insta test -p kata-sim --review`, or `cargo insta review` after a run).
 
 fn run(path: &std::path::Path) -> (kata_sim::schema::Scenario, kata_sim::host::Outcome) {
     let s = kata_sim::load::load(path).unwrap_or_else(|e| panic!("{e}"));
@@ -30,7 +31,6 @@ fn every_scenario_meets_its_expectations_and_snapshot() {
                 ));
             }
             insta::with_settings!({
-                snapshot_path => "../../snapshots",
                 prepend_module_to_snapshot => false,
                 omit_expression => true,
             }, {

@@ -65,4 +65,4 @@ pub use profile::AgentVersion;
 pub use rpc::{AgentRpc, CallOpts, Method};
 pub use server::AgentServer;
 pub use sim::{ProcessScript, ScriptMatch, SignalReaction, SimAgent, SimConfig};
-pub use trace::{Trace, TraceEvent};
+pub use trace::{CallStatus, Trace, TraceEvent};

@@ -3,9 +3,64 @@
 //! Entries are appended when a call arrives and completed when it answers, so the order is
 //! the order of arrival (as the recorded fixtures list them), whatever order answers leave in.
 
+use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+
+use crate::op::Op;
+
+/// How a call answered, as the trace records it. Written as today's names (`PENDING`, `OK`,
+/// a ttrpc code name such as `NOT_FOUND`, `CLOSED`) wherever a trace is shown or serialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallStatus {
+    /// The call has not answered yet.
+    Pending,
+    /// It answered OK.
+    Ok,
+    /// It answered with an error status (never `OK`: see [`CallStatus::from_code`]).
+    Code(ttrpc::Code),
+    /// It never answered: the connection, the guest or the agent went away.
+    Closed,
+}
+
+impl CallStatus {
+    /// The status for a ttrpc code: [`CallStatus::Ok`] for `OK`, else [`CallStatus::Code`].
+    pub fn from_code(code: ttrpc::Code) -> Self {
+        if code == ttrpc::Code::OK {
+            CallStatus::Ok
+        } else {
+            CallStatus::Code(code)
+        }
+    }
+
+    /// Its name: `PENDING`, `OK`, the code's upper-case name, or `CLOSED`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CallStatus::Pending => "PENDING",
+            CallStatus::Ok => "OK",
+            CallStatus::Code(c) => crate::error::code_name(c),
+            CallStatus::Closed => "CLOSED",
+        }
+    }
+
+    /// Whether the call has answered (with anything).
+    pub fn answered(self) -> bool {
+        self != CallStatus::Pending
+    }
+}
+
+impl fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for CallStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
 
 /// One call as the agent saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -14,12 +69,12 @@ pub struct TraceEvent {
     pub seq: u64,
     /// The server connection it arrived on; `None` in-process.
     pub conn: Option<u64>,
-    /// The RPC name on the wire (`CreateContainer`).
-    pub method: String,
+    /// The agent RPC or hypervisor operation (serialized by its name, `CreateContainer`).
+    pub method: Op,
     /// The request's key fields, in a fixed order.
     pub fields: Vec<(String, String)>,
-    /// `OK`, a status code name, or `PENDING` while the call has not answered.
-    pub status: String,
+    /// How it answered ([`CallStatus::Pending`] until it does).
+    pub status: CallStatus,
     /// The status message, empty for OK.
     pub message: String,
     /// The fault that fired on this call, if any.
@@ -93,7 +148,7 @@ impl Log {
             && a.fault == b.fault
             && a.note == b.note
             && a.seq.saturating_add(a.count) == b.seq;
-        if same && b.status != "PENDING" {
+        if same && b.status.answered() {
             let extra = b.count;
             self.events.pop_back();
             if let Some(a) = self.events.back_mut() {
@@ -136,7 +191,12 @@ impl Trace {
     }
 
     /// Records the arrival of a call; returns its sequence number.
-    pub fn begin(&self, method: &str, conn: Option<u64>, fields: &[(&'static str, String)]) -> u64 {
+    pub fn begin(
+        &self,
+        method: impl Into<Op>,
+        conn: Option<u64>,
+        fields: &[(&'static str, String)],
+    ) -> u64 {
         let mut log = self.lock();
         let seq = log.next;
         log.next += 1;
@@ -146,12 +206,12 @@ impl Trace {
         log.events.push_back(TraceEvent {
             seq,
             conn,
-            method: method.to_string(),
+            method: method.into(),
             fields: fields
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
-            status: "PENDING".into(),
+            status: CallStatus::Pending,
             message: String::new(),
             fault: None,
             note: None,
@@ -161,10 +221,10 @@ impl Trace {
     }
 
     /// Records how call `seq` answered.
-    pub fn end(&self, seq: u64, status: &str, message: &str) {
+    pub fn end(&self, seq: u64, status: CallStatus, message: &str) {
         let mut log = self.lock();
         if let Some(e) = log.get_mut(seq) {
-            e.status = status.to_string();
+            e.status = status;
             e.message = message.to_string();
             if e.seq == seq && log.events.back().is_some_and(|b| b.seq == seq) {
                 log.fold_last();
@@ -201,13 +261,15 @@ impl Trace {
         self.lock().events.is_empty()
     }
 
-    /// The method names kept, in arrival order.
-    pub fn methods(&self) -> Vec<String> {
-        self.lock()
-            .events
-            .iter()
-            .map(|e| e.method.clone())
-            .collect()
+    /// The operations kept, in arrival order.
+    pub fn methods(&self) -> Vec<Op> {
+        self.lock().events.iter().map(|e| e.method).collect()
+    }
+
+    /// Whether a call of `op` is kept.
+    pub fn has(&self, op: impl Into<Op>) -> bool {
+        let op = op.into();
+        self.lock().events.iter().any(|e| e.method == op)
     }
 
     /// Forgets every event (sequence numbers go on).
@@ -219,33 +281,43 @@ impl Trace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::Method;
+    use ttrpc::Code;
+
+    const A: Method = Method::Check;
+    const B: Method = Method::CreateSandbox;
+    const C: Method = Method::CreateContainer;
+    const D: Method = Method::StartContainer;
+    const E: Method = Method::WaitProcess;
 
     #[test]
     fn a_bounded_trace_keeps_the_most_recent_calls_and_their_numbers() {
         let t = Trace::bounded(3);
-        for m in ["A", "B", "C", "D", "E"] {
+        for m in [A, B, C, D, E] {
             t.begin(m, None, &[]);
         }
-        assert_eq!(t.methods(), ["C", "D", "E"]);
+        assert_eq!(t.methods(), [Op::Agent(C), Op::Agent(D), Op::Agent(E)]);
+        assert!(t.has(D) && !t.has(A));
         assert_eq!(
             t.events().iter().map(|e| e.seq).collect::<Vec<_>>(),
             [2, 3, 4],
             "sequence numbers keep counting every call"
         );
-        t.end(0, "OK", ""); // dropped already: nothing to update
-        t.end(4, "NOT_FOUND", "gone");
+        t.end(0, CallStatus::Ok, ""); // dropped already: nothing to update
+        t.end(4, CallStatus::from_code(Code::NOT_FOUND), "gone");
         let last = t.events().pop().unwrap();
         assert_eq!(
-            (last.status.as_str(), last.message.as_str()),
-            ("NOT_FOUND", "gone")
+            (last.status, last.message.as_str()),
+            (CallStatus::Code(Code::NOT_FOUND), "gone")
         );
+        assert_eq!(last.status.to_string(), "NOT_FOUND");
         t.clear();
         assert!(t.is_empty());
-        assert_eq!(t.begin("F", None, &[]), 5);
-        assert_eq!(Trace::default().begin("x", None, &[]), 0);
+        assert_eq!(t.begin(A, None, &[]), 5);
+        assert_eq!(Trace::default().begin(A, None, &[]), 0);
         let unbounded = Trace::with_limit(None);
         for _ in 0..100 {
-            unbounded.begin("x", None, &[]);
+            unbounded.begin(A, None, &[]);
         }
         assert_eq!(unbounded.len(), 100);
     }
@@ -253,48 +325,70 @@ mod tests {
     #[test]
     fn a_folding_trace_folds_consecutive_identical_calls_only() {
         let t = Trace::folding();
-        let call = |m: &str, status: &str| {
+        let call = |m: Method, status: CallStatus| {
             let seq = t.begin(m, None, &[("container_id", "c1".into())]);
             t.end(seq, status, "");
             seq
         };
-        call("Check", "OK");
-        let pending = t.begin("WaitProcess", None, &[]);
+        let unavailable = CallStatus::Code(Code::UNAVAILABLE);
+        call(Method::Check, CallStatus::Ok);
+        let pending = t.begin(Method::WaitProcess, None, &[]);
         for _ in 0..1000 {
-            call("GetOOMEvent", "UNAVAILABLE");
+            call(Method::GetOOMEvent, unavailable);
         }
-        call("GetOOMEvent", "OK");
+        call(Method::GetOOMEvent, CallStatus::Ok);
         for _ in 0..3 {
-            call("Check", "OK");
+            call(Method::Check, CallStatus::Ok);
         }
-        let last = call("Check", "OK");
+        let last = call(Method::Check, CallStatus::Ok);
         assert_eq!(last, 1006, "sequence numbers count every call");
         let kept: Vec<_> = t
             .events()
             .iter()
-            .map(|e| (e.method.clone(), e.status.clone(), e.count))
+            .map(|e| (e.method.name(), e.status, e.count))
             .collect();
         assert_eq!(
             kept,
             [
-                ("Check".into(), "OK".into(), 1),
-                ("WaitProcess".into(), "PENDING".into(), 1),
-                ("GetOOMEvent".into(), "UNAVAILABLE".into(), 1000),
-                ("GetOOMEvent".into(), "OK".into(), 1),
-                ("Check".into(), "OK".into(), 4),
+                ("Check", CallStatus::Ok, 1),
+                ("WaitProcess", CallStatus::Pending, 1),
+                ("GetOOMEvent", unavailable, 1000),
+                ("GetOOMEvent", CallStatus::Ok, 1),
+                ("Check", CallStatus::Ok, 4),
             ]
         );
         // A call that was folded still finds its event; the pending one answers in place.
         t.note(1001, "late".into());
-        t.end(pending, "OK", "");
+        t.end(pending, CallStatus::Ok, "");
         assert_eq!(t.events()[2].note.as_deref(), Some("late"));
-        assert_eq!(t.events()[1].status, "OK");
+        assert_eq!(t.events()[1].status, CallStatus::Ok);
         // Without folding nothing changes.
         let plain = Trace::default();
         for _ in 0..3 {
-            let s = plain.begin("Check", None, &[]);
-            plain.end(s, "OK", "");
+            let s = plain.begin(Method::Check, None, &[]);
+            plain.end(s, CallStatus::Ok, "");
         }
         assert_eq!(plain.len(), 3);
+    }
+
+    #[test]
+    fn events_serialize_with_todays_names() {
+        let t = Trace::default();
+        let s = t.begin(crate::op::VmOp::StartVM, None, &[("timeout", "600".into())]);
+        t.end(s, CallStatus::Ok, "");
+        t.begin(Method::WaitProcess, Some(3), &[]);
+        let s = t.begin(Method::Check, None, &[]);
+        t.end(s, CallStatus::Closed, "ttrpc: closed");
+        let json: Vec<String> = t
+            .events()
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        assert!(json[0].contains(r#""method":"StartVM""#), "{}", json[0]);
+        assert!(json[0].contains(r#""status":"OK""#), "{}", json[0]);
+        assert!(json[1].contains(r#""status":"PENDING""#), "{}", json[1]);
+        assert!(json[2].contains(r#""status":"CLOSED""#), "{}", json[2]);
+        assert_eq!(CallStatus::from_code(Code::OK), CallStatus::Ok);
+        assert_eq!(CallStatus::from_code(Code::INTERNAL).name(), "INTERNAL");
     }
 }

@@ -284,7 +284,8 @@ impl Fleet {
             let trace = vm.trace();
             tracing::info!(vm = id, events = trace.len(), "VM stopped");
             if tracing::enabled!(tracing::Level::DEBUG) {
-                tracing::debug!(vm = id, "calls: {}", trace.methods().join(" "));
+                let names: Vec<&str> = trace.methods().into_iter().map(|m| m.name()).collect();
+                tracing::debug!(vm = id, "calls: {}", names.join(" "));
             }
         }
         Ok(())

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sim_agent::fault::{CallInfo, FaultHook, Verdict};
-use sim_agent::{AgentError, AgentServer, SimAgent, SimConfig, Trace};
+use sim_agent::{AgentError, AgentServer, CallStatus, SimAgent, SimConfig, Trace, VmOp};
 use tokio::sync::watch;
 
 use crate::error::{HypervisorError, Result};
@@ -207,14 +207,14 @@ impl SimHypervisor {
     }
 
     /// Records one operation in the trace and returns its sequence number.
-    fn begin(&self, op: &str, fields: &[(&'static str, String)]) -> u64 {
+    fn begin(&self, op: VmOp, fields: &[(&'static str, String)]) -> u64 {
         self.inner.trace.begin(op, None, fields)
     }
 
     /// Asks the fault hook about an operation; an injected failure is returned as the
     /// operation's error. Transport-level actions (drop, corrupt) become UNAVAILABLE errors:
     /// the hypervisor service cannot cut its caller's connection.
-    async fn fault(&self, seq: u64, op: &str, fields: &[(&'static str, String)]) -> Result<()> {
+    async fn fault(&self, seq: u64, op: VmOp, fields: &[(&'static str, String)]) -> Result<()> {
         let Some(hook) = &self.inner.settings.faults else {
             return Ok(());
         };
@@ -226,8 +226,8 @@ impl SimHypervisor {
                 .map(|(_, v)| v.clone())
         });
         let verdict = hook.decide(&CallInfo {
-            target: op,
-            request: op,
+            target: op.name(),
+            request: op.name(),
             fields,
             conn: None,
             sandbox: id.as_deref(),
@@ -266,7 +266,7 @@ impl SimHypervisor {
 
     /// Records an operation in the trace and asks the fault hook about it; an injected
     /// failure is recorded as the operation's end and returned.
-    async fn enter(&self, op: &str, fields: &[(&'static str, String)]) -> Result<u64> {
+    async fn enter(&self, op: VmOp, fields: &[(&'static str, String)]) -> Result<u64> {
         let seq = self.begin(op, fields);
         match self.fault(seq, op, fields).await {
             Ok(()) => Ok(seq),
@@ -281,7 +281,7 @@ impl SimHypervisor {
     /// `Running`, so it is paused in every other state.
     async fn transition(
         &self,
-        op: &str,
+        op: VmOp,
         verb: &'static str,
         from: VmState,
         to: VmState,
@@ -302,12 +302,11 @@ impl SimHypervisor {
 
     fn end<T>(&self, seq: u64, r: &Result<T>) {
         match r {
-            Ok(_) => self.inner.trace.end(seq, "OK", ""),
-            Err(e) => {
-                self.inner
-                    .trace
-                    .end(seq, sim_agent::error::code_name(e.code()), &e.to_string())
-            }
+            Ok(_) => self.inner.trace.end(seq, CallStatus::Ok, ""),
+            Err(e) => self
+                .inner
+                .trace
+                .end(seq, CallStatus::from_code(e.code()), &e.to_string()),
         }
     }
 
@@ -325,9 +324,9 @@ impl SimHypervisor {
     /// The VMM dies (as `kill -9` would): the guest dies with it, every agent connection
     /// resets, new connections are refused, `check` fails and `wait_vm` returns 137.
     pub async fn kill(&self) {
-        let seq = self.begin("KillVM", &[]);
+        let seq = self.begin(VmOp::KillVM, &[]);
         self.power_off(KILLED_EXIT_CODE).await;
-        self.inner.trace.end(seq, "OK", "");
+        self.inner.trace.end(seq, CallStatus::Ok, "");
     }
 
     /// Takes the VM down: the guest dies, its server closes and its socket goes away.
@@ -574,7 +573,7 @@ impl SimHypervisor {
         F: FnOnce(&SimHypervisor) -> Result<()> + Send + 'static,
     {
         let seq = self
-            .enter("StopVM", &[("wait_only", wait_only.to_string())])
+            .enter(VmOp::StopVM, &[("wait_only", wait_only.to_string())])
             .await?;
         let allowed = {
             let m = self.lock();
@@ -693,7 +692,7 @@ impl Hypervisor for SimHypervisor {
         for (k, v) in &config.annotations {
             fields.push(("annotation", format!("{k}={v}")));
         }
-        let seq = self.enter("CreateVM", &fields).await?;
+        let seq = self.enter(VmOp::CreateVM, &fields).await?;
         let r = async {
             {
                 let m = self.lock();
@@ -737,7 +736,7 @@ impl Hypervisor for SimHypervisor {
 
     async fn start_vm(&self, timeout_secs: u32) -> Result<()> {
         let seq = self
-            .enter("StartVM", &[("timeout", timeout_secs.to_string())])
+            .enter(VmOp::StartVM, &[("timeout", timeout_secs.to_string())])
             .await?;
         let r = async {
             let (id, agent) = {
@@ -778,23 +777,23 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn pause_vm(&self) -> Result<()> {
-        self.transition("PauseVM", "pause", VmState::Running, VmState::Paused)
+        self.transition(VmOp::PauseVM, "pause", VmState::Running, VmState::Paused)
             .await
     }
 
     async fn save_vm(&self) -> Result<()> {
-        self.transition("SaveVM", "save", VmState::Paused, VmState::Saved)
+        self.transition(VmOp::SaveVM, "save", VmState::Paused, VmState::Saved)
             .await
     }
 
     async fn resume_vm(&self) -> Result<()> {
-        self.transition("ResumeVM", "resume", VmState::Paused, VmState::Running)
+        self.transition(VmOp::ResumeVM, "resume", VmState::Paused, VmState::Running)
             .await
     }
 
     async fn add_device(&self, device: Device, kind: DeviceType) -> Result<()> {
         let seq = self
-            .enter("AddDevice", &[("kind", format!("{kind:?}"))])
+            .enter(VmOp::AddDevice, &[("kind", format!("{kind:?}"))])
             .await?;
         let r = (|| {
             let mut m = self.lock();
@@ -812,7 +811,7 @@ impl Hypervisor for SimHypervisor {
 
     async fn hotplug_add_device(&self, device: Device, kind: DeviceType) -> Result<HotplugResult> {
         let seq = self
-            .enter("HotplugAddDevice", &[("kind", format!("{kind:?}"))])
+            .enter(VmOp::HotplugAddDevice, &[("kind", format!("{kind:?}"))])
             .await?;
         let r = (|| {
             let mut m = self.lock();
@@ -848,7 +847,7 @@ impl Hypervisor for SimHypervisor {
         kind: DeviceType,
     ) -> Result<HotplugResult> {
         let seq = self
-            .enter("HotplugRemoveDevice", &[("kind", format!("{kind:?}"))])
+            .enter(VmOp::HotplugRemoveDevice, &[("kind", format!("{kind:?}"))])
             .await?;
         let r = (|| {
             let mut m = self.lock();
@@ -916,7 +915,7 @@ impl Hypervisor for SimHypervisor {
             ("mem_mb", mem_mb.to_string()),
             ("block_mb", block_mb.to_string()),
         ];
-        let seq = self.enter("ResizeMemory", &fields).await?;
+        let seq = self.enter(VmOp::ResizeMemory, &fields).await?;
         let r = (|| {
             let mut m = self.lock();
             Self::require(&m, "resize memory of", &[VmState::Running])?;
@@ -956,7 +955,7 @@ impl Hypervisor for SimHypervisor {
 
     async fn resize_vcpus(&self, vcpus: u32) -> Result<(u32, u32)> {
         let seq = self
-            .enter("ResizeVCPUs", &[("vcpus", vcpus.to_string())])
+            .enter(VmOp::ResizeVCPUs, &[("vcpus", vcpus.to_string())])
             .await?;
         let r = (|| {
             let mut m = self.lock();
@@ -1002,8 +1001,8 @@ impl Hypervisor for SimHypervisor {
 
     async fn disconnect(&self) {
         self.lock().control_connected = false;
-        let seq = self.begin("Disconnect", &[]);
-        self.inner.trace.end(seq, "OK", "");
+        let seq = self.begin(VmOp::Disconnect, &[]);
+        self.inner.trace.end(seq, CallStatus::Ok, "");
     }
 
     async fn capabilities(&self) -> Capabilities {
@@ -1072,14 +1071,14 @@ impl Hypervisor for SimHypervisor {
         if let Some(hook) = &self.inner.settings.faults {
             let id = self.lock().id.clone();
             let verdict = hook.decide(&CallInfo {
-                target: "CheckVM",
-                request: "CheckVM",
+                target: VmOp::CheckVM.name(),
+                request: VmOp::CheckVM.name(),
                 fields: &[],
                 conn: None,
                 sandbox: id.as_deref(),
             });
             if verdict != Verdict::Pass {
-                let seq = self.begin("CheckVM", &[]);
+                let seq = self.begin(VmOp::CheckVM, &[]);
                 let r = self.fault_verdict(seq, verdict, id).await;
                 self.end(seq, &r);
                 r?;

@@ -351,7 +351,7 @@ async fn pipelined_waits() {
         .trace()
         .events()
         .iter()
-        .filter(|e| e.method == "WaitProcess")
+        .filter(|e| e.method == sim_agent::Op::Agent(sim_agent::Method::WaitProcess))
         .count();
     let grown = live() - base - frames_len;
     println!(

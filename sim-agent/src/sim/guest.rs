@@ -714,9 +714,9 @@ impl Guest {
     ) -> Result<agent::Metrics> {
         let st = self.lock();
         let procs: usize = st.containers.values().map(|c| c.processes.len()).sum();
-        let mut calls: BTreeMap<String, u64> = BTreeMap::new();
+        let mut calls: BTreeMap<&'static str, u64> = BTreeMap::new();
         for e in self.trace.events() {
-            *calls.entry(e.method).or_default() += 1;
+            *calls.entry(e.method.name()).or_default() += 1;
         }
         let mut text = String::new();
         text.push_str("# HELP kata_agent_containers Containers in the guest.\n");

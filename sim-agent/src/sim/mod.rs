@@ -18,12 +18,12 @@ use std::time::Duration;
 use protobuf::well_known_types::empty::Empty;
 
 use crate::agent::HostState;
-use crate::error::{AgentError, Result, code_name};
+use crate::error::{AgentError, Result};
 use crate::fault::{CallInfo, FaultHook, NoFaults, TransportFault, Verdict, request_transport};
 use crate::profile::AgentVersion;
 use crate::protocols::{agent, csi, health, types};
 use crate::rpc::{AgentRpc, CallOpts, KeyFields, Method};
-use crate::trace::Trace;
+use crate::trace::{CallStatus, Trace};
 
 use guest::Guest;
 pub use guest::{GuestDetailsProfile, SandboxInfo};
@@ -322,10 +322,7 @@ impl SimAgent {
         Fut: std::future::Future<Output = Result<Resp>> + Send,
     {
         let fields = req.key_fields();
-        let seq = self
-            .inner
-            .trace
-            .begin(method.wire_name(), opts.conn, &fields);
+        let seq = self.inner.trace.begin(method, opts.conn, &fields);
         let guest = Arc::clone(&self.inner.guest);
         let epoch = guest.epoch();
         let result = if guest.is_terminated() || guest.is_dead() {
@@ -448,15 +445,18 @@ impl SimAgent {
                 _ => run.await,
             }
         };
+        let trace = &self.inner.trace;
         match &result {
-            Ok(_) => self.inner.trace.end(seq, "OK", ""),
+            Ok(_) => trace.end(seq, CallStatus::Ok, ""),
             Err(AgentError::Status { code, message }) => {
-                self.inner.trace.end(seq, code_name(*code), message)
+                trace.end(seq, CallStatus::from_code(*code), message)
             }
-            Err(AgentError::Timeout { .. }) => {
-                self.inner.trace.end(seq, "DEADLINE_EXCEEDED", "timeout")
-            }
-            Err(other) => self.inner.trace.end(seq, "CLOSED", &other.to_string()),
+            Err(AgentError::Timeout { .. }) => trace.end(
+                seq,
+                CallStatus::Code(ttrpc::Code::DEADLINE_EXCEEDED),
+                "timeout",
+            ),
+            Err(other) => trace.end(seq, CallStatus::Closed, &other.to_string()),
         }
         result
     }

@@ -119,7 +119,7 @@ async fn a_hang_whose_client_disconnects_leaves_no_task_behind() {
     // The call is in the guest, hanging.
     let agent = srv.server.agent().clone();
     bounded(async {
-        while !agent.trace().methods().iter().any(|m| m == "WaitProcess") {
+        while !agent.trace().has(sim_agent::Method::WaitProcess) {
             tokio::task::yield_now().await;
         }
     })
@@ -210,7 +210,7 @@ async fn kill_guest_fails_pending_calls_and_refuses_reconnects() {
     });
     let agent = srv.server.agent().clone();
     bounded(async {
-        while !agent.trace().methods().iter().any(|m| m == "WaitProcess") {
+        while !agent.trace().has(sim_agent::Method::WaitProcess) {
             tokio::task::yield_now().await;
         }
     })

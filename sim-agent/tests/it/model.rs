@@ -131,7 +131,10 @@ async fn scripts_win_over_builtins_and_unknown_programs_are_noted() {
         .trace()
         .events()
         .into_iter()
-        .find(|e| e.method == "StartContainer" && e.field("container_id") == Some("s2"))
+        .find(|e| {
+            e.method == sim_agent::Op::Agent(sim_agent::Method::StartContainer)
+                && e.field("container_id") == Some("s2")
+        })
         .unwrap();
     assert_eq!(
         pause.note.as_deref(),
@@ -276,7 +279,7 @@ async fn one_liners_outside_the_subset_are_noted_and_run_until_killed() {
         .trace()
         .events()
         .into_iter()
-        .find(|e| e.method == "StartContainer")
+        .find(|e| e.method == sim_agent::Op::Agent(sim_agent::Method::StartContainer))
         .and_then(|e| e.note)
         .unwrap();
     assert!(note.contains("\"for\" (compound commands)"), "{note}");
@@ -304,7 +307,7 @@ async fn a_killed_guest_fails_pending_calls_and_a_paused_one_holds_them() {
         async move { sim.stats_container("p1".into()).await }
     });
     bounded(async {
-        while !sim.trace().methods().iter().any(|m| m == "StatsContainer") {
+        while !sim.trace().has(sim_agent::Method::StatsContainer) {
             tokio::task::yield_now().await;
         }
     })
@@ -318,7 +321,7 @@ async fn a_killed_guest_fails_pending_calls_and_a_paused_one_holds_them() {
         async move { sim.wait_process("p1".into(), "p1".into()).await }
     });
     bounded(async {
-        while !sim.trace().methods().iter().any(|m| m == "WaitProcess") {
+        while !sim.trace().has(sim_agent::Method::WaitProcess) {
             tokio::task::yield_now().await;
         }
     })

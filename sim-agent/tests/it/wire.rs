@@ -314,7 +314,7 @@ async fn every_rpc_on_every_unix_transport() {
         let mut all = Method::ALL.to_vec();
         all.sort();
         assert_eq!(methods, all, "{scheme}: not every RPC was called");
-        let traced: std::collections::BTreeSet<String> =
+        let traced: std::collections::BTreeSet<sim_agent::Op> =
             sim.trace().methods().into_iter().collect();
         assert_eq!(
             traced.len(),
@@ -483,7 +483,7 @@ async fn a_frame_split_around_another_answer_is_read_whole() {
     raw.send_wait_process(1, "c1", "c1").await;
     // The server has taken WaitProcess (it is traced) before the half frame goes out.
     bounded(async {
-        while !sim.trace().methods().iter().any(|m| m == "WaitProcess") {
+        while !sim.trace().has(sim_agent::Method::WaitProcess) {
             tokio::task::yield_now().await;
         }
     })

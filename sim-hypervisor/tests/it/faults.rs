@@ -89,7 +89,10 @@ async fn hypervisor_operations_take_errors_and_delays() {
     );
     let (_hv, _url) = started(&server, "slow").await;
     let events = server.fleet().trace().events();
-    let start = events.iter().find(|e| e.method == "StartVM").unwrap();
+    let start = events
+        .iter()
+        .find(|e| e.method == sim_agent::Op::Vm(sim_agent::VmOp::StartVM))
+        .unwrap();
     assert_eq!(start.fault.as_deref(), Some("delay(200ms)"));
     server.shutdown().await;
 }

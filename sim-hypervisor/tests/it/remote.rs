@@ -111,7 +111,7 @@ async fn a_pod_runs_through_create_start_agent_stop() {
         .trace()
         .events()
         .into_iter()
-        .find(|e| e.method == "CreateVM")
+        .find(|e| e.method == sim_agent::Op::Vm(sim_agent::VmOp::CreateVM))
         .unwrap();
     assert_eq!(create.field("netns"), Some("/var/run/netns/cni-x"));
     assert_eq!(
@@ -158,7 +158,7 @@ async fn a_vm_that_dies_fails_pending_agent_calls_promptly() {
     // Wait until the WaitProcess is in the guest, then kill the VMM.
     let guest = vm.agent().unwrap();
     bounded(async {
-        while !guest.trace().methods().iter().any(|m| m == "WaitProcess") {
+        while !guest.trace().has(sim_agent::Method::WaitProcess) {
             tokio::task::yield_now().await;
         }
     })
@@ -204,7 +204,7 @@ async fn a_fleet_that_does_not_record_keeps_nothing_past_stop_vm() {
             .unwrap();
         agent.check().await.unwrap();
         let vm = fleet.vm(&id).unwrap();
-        let methods = vm.trace().methods();
+        let methods: Vec<&str> = vm.trace().methods().into_iter().map(|m| m.name()).collect();
         assert_eq!(
             methods,
             ["CreateVM", "StartVM", "Check"],
@@ -261,7 +261,10 @@ async fn fifty_sandboxes_run_concurrently() {
         .trace()
         .events()
         .into_iter()
-        .filter(|e| e.method == "StartVM" && e.status == "OK")
+        .filter(|e| {
+            e.method == sim_agent::Op::Vm(sim_agent::VmOp::StartVM)
+                && e.status == sim_agent::CallStatus::Ok
+        })
         .count();
     assert_eq!(starts, 50);
     svc.server.shutdown().await;
