@@ -4,7 +4,10 @@
 //!
 //! The main job is `cargo run --release ...` inside `cargo test`: the outer cargo holds the lock
 //! of its own profile directory (`target/debug`) while tests run, the nested one takes
-//! `target/release`'s, so they do not wait on each other.
+//! `target/release`'s, so they do not wait on each other (checked: the nested build compiles
+//! while the outer `cargo test` runs). Under `cargo test --release` both would want
+//! `target/release`: the nested one then builds in a target directory of its own (an
+//! environment variable; the command text stays the README's).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,12 +86,22 @@ fn summary_line_is_read_exactly() {
 fn readme_main_job_runs_verbatim() {
     let commands = readme_commands();
     let main_job = commands.first().expect("README.md's main-job command");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(main_job)
-        .current_dir(root())
-        .output()
-        .expect("running sh");
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(main_job).current_dir(root());
+    // This test runs from `<target>/<profile>/deps/`: under the release profile the outer
+    // cargo holds the directory the nested one would build in.
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name);
+    if profile.is_some_and(|p| p == "release") {
+        sh.env(
+            "CARGO_TARGET_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("readme-target"),
+        );
+    }
+    let out = sh.output().expect("running sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
