@@ -480,3 +480,52 @@ fn sigterm_during_a_builtin_run_reports_what_finished_and_writes_junit() {
     assert!(xml.contains("tests=\"3\""), "{xml}");
     assert_eq!(xml.matches("<skipped").count(), 2, "{xml}");
 }
+
+#[test]
+fn fault_list_prints_json_and_a_bad_rule_is_refused_before_any_request() {
+    let out = run(&["fault", "add", "StartVM=hnag", "--control", "/nonexistent"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid value 'StartVM=hnag'"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("control.sock");
+    let mut child = kata_sim()
+        .args(["serve", "--hypervisor-socket"])
+        .arg(dir.path().join("hv.sock"))
+        .arg("--control")
+        .arg(&control)
+        .args(["--fault", "StartVM=delay(1s)", "--color", "never"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    // Logged once every socket is bound.
+    while !seen.contains("kata-sim serving") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    let out = run(&[
+        "fault",
+        "list",
+        "--format",
+        "json",
+        "--control",
+        s(&control),
+    ]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let (stdout, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    let rule: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(rule["id"], 1);
+    assert_eq!(rule["rule"], "StartVM=delay(1s)");
+    assert!(status.success());
+}
