@@ -131,6 +131,24 @@ fn scenarios_run_by_name_from_a_library_and_unknown_names_suggest() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("1 of 1 passed"), "{stdout}");
+    // In the order given, names and paths alike.
+    let out = run(&[
+        "run",
+        "-q",
+        "--format",
+        "json",
+        "beta-fails",
+        s(&dir.path().join("one.yaml")),
+        "--library",
+        lib,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let names: Vec<String> = text(&out)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].to_string())
+        .collect();
+    assert_eq!(names, ["\"beta-fails\"", "\"alpha-ok\""]);
     let out = run(&["run", "alpah-ok", "--library", lib]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

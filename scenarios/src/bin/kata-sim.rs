@@ -664,13 +664,19 @@ fn resolve(targets: &[String], library: Option<&Path>) -> Result<Vec<Source>> {
         return library_sources(library);
     }
     let mut lib: Option<Vec<Loaded>> = None;
-    let mut paths = Vec::new();
-    let mut out = Vec::new();
+    let mut out: Vec<Source> = Vec::new();
+    let mut searched = Vec::new();
+    // In the order given: each path's files (sorted), each name's library scenario.
     for t in targets {
         let path = Path::new(t);
         let is_name = !path.exists() && !t.contains('/') && !runner::is_scenario_file(path);
         if !is_name {
-            paths.push(PathBuf::from(t));
+            searched.push(PathBuf::from(t));
+            for f in runner::find(&[PathBuf::from(t)]).or_bad()? {
+                if !out.iter().any(|s| s.file == f) {
+                    out.push(Source::file(f));
+                }
+            }
             continue;
         }
         if lib.is_none() {
@@ -678,10 +684,7 @@ fn resolve(targets: &[String], library: Option<&Path>) -> Result<Vec<Source>> {
         }
         let loaded = lib.as_deref().unwrap_or_default();
         match runner::by_name(loaded, t) {
-            Ok(source) => {
-                // Files first, in the order given; named scenarios after them.
-                out.push(source);
-            }
+            Ok(source) => out.push(source),
             Err(near) => {
                 let hint = match near.as_slice() {
                     [] => String::new(),
@@ -701,13 +704,10 @@ fn resolve(targets: &[String], library: Option<&Path>) -> Result<Vec<Source>> {
             }
         }
     }
-    let files = runner::find(&paths).or_bad()?;
-    if !paths.is_empty() && files.is_empty() && out.is_empty() {
-        return Err(no_scenarios(&paths));
+    if out.is_empty() {
+        return Err(no_scenarios(&searched));
     }
-    let mut sources: Vec<Source> = files.into_iter().map(Source::file).collect();
-    sources.extend(out);
-    Ok(sources)
+    Ok(out)
 }
 
 fn no_scenarios(paths: &[PathBuf]) -> Exit {
