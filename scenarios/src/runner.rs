@@ -850,3 +850,66 @@ pub fn run_exec_blocking(s: &Scenario, command: &[String]) -> Outcome {
         Err(e) => crate::host::failed(s, format!("cannot start a tokio runtime: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_names_are_close_typos_or_substrings_best_first() {
+        let names = ["go-happy-path", "rs-happy-path", "go-oom", "rs-exec"];
+        assert_eq!(
+            nearest("go-hapy-path", &names),
+            ["go-happy-path", "rs-happy-path"]
+        );
+        assert_eq!(nearest("oom", &names), ["go-oom"]);
+        assert!(nearest("zzzzzz", &names).is_empty());
+    }
+
+    #[test]
+    fn a_timeout_sets_the_real_limit_and_caps_wire_steps() {
+        let t = Duration::from_secs(5);
+        let in_process = Overrides {
+            timeout: Some(t),
+            ..Default::default()
+        }
+        .limits();
+        assert_eq!(in_process.real, t);
+        assert_eq!(in_process.step, crate::host::STEP_LIMIT);
+        let wire = Overrides {
+            timeout: Some(t),
+            wire: true,
+            ..Default::default()
+        }
+        .limits();
+        assert_eq!((wire.real, wire.step, wire.teardown), (t, t, t));
+        assert_eq!(Overrides::default().limits(), Limits::default());
+    }
+
+    #[test]
+    fn the_bundled_library_is_embedded_sorted_and_loads() {
+        let sources = bundled();
+        assert!(!sources.is_empty());
+        assert!(sources.windows(2).all(|w| w[0].file < w[1].file));
+        assert!(sources.iter().all(|s| s.is_bundled()));
+        let loaded = load_all(&sources);
+        assert!(loaded.iter().all(|l| l.scenario.is_ok()));
+    }
+
+    #[test]
+    fn a_duplicate_points_at_the_value_of_the_top_level_name() {
+        let a = Source {
+            file: "a.yaml".into(),
+            embedded: Some("name: x\nsteps: []\n"),
+        };
+        let b = Source {
+            file: "b.yaml".into(),
+            embedded: Some("# x\nname:   x\nsteps: []\n"),
+        };
+        let loaded = load_all(&[a, b]);
+        assert!(loaded[0].scenario.is_ok());
+        let e = loaded[1].scenario.as_ref().unwrap_err();
+        assert_eq!((e.line, e.column), (2, 9));
+        assert!(e.message.contains("a.yaml"), "{}", e.message);
+    }
+}
