@@ -407,6 +407,14 @@ fn color_follows_the_flag_and_quiet_drops_progress_lines() {
     assert!(out.status.success());
     assert!(stdout.contains("1 of 1 passed"));
     assert_eq!(stderr, "", "-q prints no progress");
+    let out = run(&["run", "--color", "never", s(&ok)]);
+    assert!(!text(&out).1.contains(" INFO "), "{}", text(&out).1);
+    let out = run(&["run", "-v", "--color", "never", s(&ok)]);
+    assert!(
+        text(&out).1.contains(" INFO "),
+        "-v logs more: {}",
+        text(&out).1
+    );
 }
 
 #[test]
