@@ -555,3 +555,29 @@ fn fault_list_prints_json_and_a_bad_rule_is_refused_before_any_request() {
     assert_eq!(rule["rule"], "StartVM=delay(1s)");
     assert!(status.success());
 }
+
+/// `--color auto` on a terminal: colour, unless NO_COLOR is set. The terminal is a pty from
+/// util-linux's `script` (Debian's essential bsdutils).
+#[test]
+fn auto_colours_a_terminal_unless_no_color_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = write(dir.path(), "a.yaml", OK, "a");
+    let on_a_terminal = |no_color: Option<&str>| {
+        let line = format!("'{}' run -q '{}'", env!("CARGO_BIN_EXE_kata-sim"), s(&ok));
+        let mut c = Command::new("script");
+        c.args(["-qec", &line, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let out = c.output().expect("util-linux script");
+        assert!(out.status.success(), "{:?}", text(&out));
+        let (stdout, _) = text(&out);
+        assert!(stdout.contains("1 of 1 passed"), "{stdout}");
+        stdout.contains('\x1b')
+    };
+    assert!(on_a_terminal(None), "auto colours a terminal");
+    assert!(!on_a_terminal(Some("1")), "NO_COLOR turns it off");
+    assert!(on_a_terminal(Some("")), "an empty NO_COLOR does not");
+}
