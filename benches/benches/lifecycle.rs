@@ -238,7 +238,7 @@ fn phases(
         })
         .collect();
     let json = format!("[\n{}\n]\n", rows.join(",\n"));
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion");
+    let out = criterion_home();
     let _ = std::fs::create_dir_all(&out);
     let _ = std::fs::write(out.join("lifecycle-phases.json"), json);
 }
@@ -311,9 +311,18 @@ fn scale(c: &mut Criterion) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion");
+    let out = criterion_home();
     let _ = std::fs::create_dir_all(&out);
     let _ = std::fs::write(out.join("scale-rss.json"), json);
+}
+
+/// Where criterion writes (`CRITERION_HOME`, which `cargo xtask bench-report` sets to the
+/// target directory's `criterion/`), so the report finds these files beside its estimates.
+fn criterion_home() -> std::path::PathBuf {
+    std::env::var_os("CRITERION_HOME").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion"),
+        std::path::PathBuf::from,
+    )
 }
 
 fn scenarios(c: &mut Criterion) {

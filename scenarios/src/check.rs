@@ -103,8 +103,8 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
         );
     }
     for [a, b] in &e.order {
-        let pa = o.calls.iter().position(|c| method(c) == a);
-        let pb = o.calls.iter().position(|c| method(c) == b);
+        let pa = o.calls.iter().position(|c| method(c) == a.name());
+        let pb = o.calls.iter().position(|c| method(c) == b.name());
         match (pa, pb) {
             (Some(x), Some(y)) if x < y => {}
             _ => miss(
@@ -115,7 +115,7 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
         }
     }
     for m in &e.absent {
-        if let Some(c) = o.calls.iter().find(|c| method(c) == m) {
+        if let Some(c) = o.calls.iter().find(|c| method(c) == m.name()) {
             miss(format!("absent {m}"), "never called".into(), c.clone());
         }
     }

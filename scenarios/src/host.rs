@@ -36,7 +36,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
 use sim_agent::fault::{FaultEngine, FaultGuard};
 use sim_agent::protocols::{agent, oci};
-use sim_agent::{Agent, AgentRpc, AgentVersion, CallOpts, RemoteAgent, SimAgent, SimConfig, Trace};
+use sim_agent::{Agent, AgentRpc, CallOpts, RemoteAgent, SimAgent, SimConfig, Trace};
 use sim_hypervisor::{Hypervisor, HypervisorConfig, Network, SimHypervisor, SimVmConfig};
 use tokio::task::JoinHandle;
 
@@ -520,8 +520,9 @@ impl<T: Transport> Host<T> {
         let mut host_file = None;
         let policy = spec
             .termination_message_policy
-            .clone()
-            .unwrap_or_else(|| "File".into());
+            .unwrap_or_default()
+            .as_str()
+            .to_string();
         let mut files: Vec<(String, Vec<u8>, u32)> = Vec::new();
         if let Some(path) = &spec.termination_message_path {
             annotations.insert(TERMINATION_MESSAGE_PATH.into(), path.clone());
@@ -953,13 +954,7 @@ pub async fn run(s: &Scenario) -> Outcome {
 
 /// The guest agent a scenario asks for: its release, seed and scripted programs.
 pub fn agent_config(s: &Scenario) -> SimConfig {
-    let version = s
-        .config
-        .agent_version
-        .as_deref()
-        .and_then(|v| v.parse::<AgentVersion>().ok())
-        .unwrap_or_default();
-    let mut agent = SimConfig::for_version(version);
+    let mut agent = SimConfig::for_version(s.config.agent_version.unwrap_or_default());
     agent.seed = s.seed;
     agent.scripts = s
         .guest
@@ -1028,9 +1023,8 @@ pub async fn run_with_limits_traced<T: Transport>(
         vm_stopped: false,
     };
     for rule in &s.faults {
-        if let Ok(g) = engine.install(rule) {
-            host.guards.push((rule.clone(), g));
-        }
+        host.guards
+            .push((rule.text.clone(), engine.install_rule(rule.clone())));
     }
     let mut blamed = Vec::new();
     let body = std::panic::AssertUnwindSafe(run_body(&mut host, s, limits, &trace, &mut blamed));
@@ -1372,23 +1366,17 @@ async fn run_step<T: Transport>(host: &mut Host<T>, step: &Step) -> Result<(), S
             .write_termination_message(&t.container, t.data.as_bytes())
             .map_err(|e| format!("write_termination_message: {e}")),
         Step::AdvanceTime(secs) => {
-            // The loader bounds it (0 to STEP_LIMIT); a value it did not see is an error here.
-            let d = Duration::try_from_secs_f64(*secs).map_err(|_| {
-                format!(
-                    "advance_time: {secs:?} is not a number of seconds from 0 to {}",
-                    STEP_LIMIT.as_secs()
-                )
-            })?;
-            tokio::time::sleep(d).await;
+            // In 0..=STEP_LIMIT by its type.
+            tokio::time::sleep(secs.duration()).await;
             Ok(())
         }
         Step::AddFault(rule) => {
-            let g = host.engine.install(rule).map_err(|e| e.message)?;
-            host.guards.push((rule.clone(), g));
+            let g = host.engine.install_rule(rule.clone());
+            host.guards.push((rule.text.clone(), g));
             Ok(())
         }
         Step::RemoveFault(rule) => {
-            host.guards.retain(|(r, _)| r != rule);
+            host.guards.retain(|(r, _)| *r != rule.text);
             Ok(())
         }
     }
@@ -1410,20 +1398,10 @@ pub fn script(p: &crate::schema::Program) -> sim_agent::ProcessScript {
     let mut s = sim_agent::ProcessScript::default()
         .stdout(p.stdout.clone())
         .stderr(p.stderr.clone())
-        .run_time(
-            p.run_secs
-                .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-                .map(|d| d.min(sim_agent::fault::rule::MAX_DURATION)),
-        );
+        // At most a day by its type.
+        .run_time(p.run_secs.map(|secs| secs.duration()));
     s.exit_code = p.exit_code;
-    s.on_signal = match p.on_signal.as_deref() {
-        Some("ignore") => sim_agent::SignalReaction::Ignore,
-        Some(code) => code
-            .parse::<i32>()
-            .map(sim_agent::SignalReaction::Exit)
-            .unwrap_or_default(),
-        None => sim_agent::SignalReaction::Default,
-    };
+    s.on_signal = p.on_signal.into();
     s
 }
 

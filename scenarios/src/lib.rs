@@ -5,12 +5,13 @@
 //! - [`host`]: the built-in host runtime (personas `go` and `rs`); [`check`]: expectations.
 //! - [`exec`]: the `exec` driver: a real host runtime against a kata-sim service.
 //! - [`render`]: Mermaid diagrams of a run, and diffs of two runs' agent calls.
-//! - [`runner`]: `kata-sim run` and `check`: finding files, summaries, JUnit.
+//! - [`runner`]: `kata-sim run` and `check`: finding files, summaries; [`junit`]: JUnit XML.
 //! - [`serve`]: `kata-sim serve`, the remote hypervisor and every guest agent it creates.
 
 pub mod check;
 pub mod exec;
 pub mod host;
+pub mod junit;
 pub mod load;
 pub mod render;
 pub mod runner;

@@ -1,21 +1,35 @@
 //! Loading scenario files: YAML (serde-saphyr) into [`Scenario`], with errors that name
 //! `file:line:column` and the field, rendered like rustc's diagnostics.
 //!
+//! Parse, don't validate: the types of [`crate::schema`] hold only what runs as written, so
+//! serde's conversion is the check, and its error is located at the value that is wrong.
+//! What the types cannot say is checked here, once, on the parsed scenario: a step that names
+//! a container or exec needs an earlier step that creates it (`create_sandbox` before any
+//! container), a `remove_fault` an earlier rule with its text, and the containers that
+//! `guest.programs` and the `expect` maps name must be created by some step.
+//!
+//! Locations come from the YAML parser, never from searching the text: serde-saphyr's error
+//! locations for what serde rejects, and for the checks after parsing a [`Node`] tree of the
+//! same text with every node's location ([`serde_saphyr::Spanned`]), built only when there is
+//! an error to place. The same tree names the field path of a serde error
+//! (`steps[1].create_container.argz`) and finds the first of two duplicate keys.
+//!
 //! Columns are 1-based and count characters, as serde-saphyr's do; text is only ever sliced
-//! at byte offsets converted from them ([`byte_at`]). Every value the run turns into time is
-//! checked here against its accepted range, so a file that loads never overflows a clock.
+//! at byte offsets converted from them ([`byte_at`]).
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::{Location, Spanned};
+use sim_agent::fault::RuleError;
+
 use crate::schema::{Scenario, Step};
 
-/// The longest `advance_time` step, in seconds: a step may take at most this long
-/// ([`crate::host::STEP_LIMIT`]).
-pub const MAX_ADVANCE_SECS: f64 = crate::host::STEP_LIMIT.as_secs() as f64;
-
-/// The longest `run_secs` of a scripted program, in seconds (a day, as fault durations).
-pub const MAX_RUN_SECS: f64 = sim_agent::fault::rule::MAX_DURATION.as_secs() as f64;
+/// How many characters of the offending line a rendered error shows on each side of the
+/// column; a longer line is cut (`...`) so a 200 KB line does not fill the terminal.
+pub const SNIPPET_RADIUS: usize = 60;
 
 /// The byte offset of the 1-based character column `column` of `line` (its end if beyond).
 pub fn byte_at(line: &str, column: usize) -> usize {
@@ -24,7 +38,6 @@ pub fn byte_at(line: &str, column: usize) -> usize {
         .map_or(line.len(), |(i, _)| i)
 }
 
-/// The 1-based character column of byte offset `byte` of `line`.
 /// The lines of a YAML text as YAML counts them: `\r\n`, a lone `\r` and `\n` each end a
 /// line (`str::lines` knows no lone `\r`, so errors would point past the text).
 pub fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
@@ -45,16 +58,12 @@ pub fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-fn column_of(line: &str, byte: usize) -> usize {
-    line.get(..byte).map_or(0, |s| s.chars().count()) + 1
-}
-
 /// A scenario file that could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
     /// The file.
     pub file: PathBuf,
-    /// 1-based line (0 when unknown).
+    /// 1-based line (0 when the error is about the whole file, e.g. it cannot be read).
     pub line: usize,
     /// 1-based column (0 when unknown).
     pub column: usize,
@@ -69,6 +78,9 @@ impl std::error::Error for LoadError {}
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "error: {}", self.message)?;
+        if self.line == 0 {
+            return write!(f, "  --> {}", self.file.display());
+        }
         write!(
             f,
             "  --> {}:{}:{}",
@@ -76,20 +88,38 @@ impl fmt::Display for LoadError {
             self.line,
             self.column
         )?;
-        if self.line > 0 {
-            let gutter = self.line.to_string().len();
-            write!(
-                f,
-                "\n{:gutter$} |\n{} | {}\n{:gutter$} | {}^",
-                "",
-                self.line,
-                self.source_line,
-                "",
-                " ".repeat(self.column.saturating_sub(1)),
-            )?;
-        }
-        Ok(())
+        let (snippet, caret) = window(&self.source_line, self.column);
+        let gutter = self.line.to_string().len();
+        write!(
+            f,
+            "\n{:gutter$} |\n{} | {}\n{:gutter$} | {}^",
+            "",
+            self.line,
+            snippet,
+            "",
+            " ".repeat(caret),
+        )
     }
+}
+
+/// The part of `line` around the 1-based character `column` (at most [`SNIPPET_RADIUS`]
+/// characters each side, `...` where it is cut) and the caret's offset in it.
+fn window(line: &str, column: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    let at = column.saturating_sub(1).min(chars.len());
+    let start = at.saturating_sub(SNIPPET_RADIUS);
+    let end = (at + SNIPPET_RADIUS).min(chars.len());
+    let mut out = String::new();
+    let mut caret = at - start;
+    if start > 0 {
+        out.push_str("...");
+        caret += 3;
+    }
+    out.extend(&chars[start..end]);
+    if end < chars.len() {
+        out.push_str("...");
+    }
+    (out, caret)
 }
 
 fn located(file: &Path, text: &str, line: usize, column: usize, message: String) -> LoadError {
@@ -105,138 +135,337 @@ fn located(file: &Path, text: &str, line: usize, column: usize, message: String)
     }
 }
 
-/// The first line of a serde-saphyr message, without its own `error: line N column M: `.
-fn plain_message(e: &serde_saphyr::Error) -> String {
-    let text = e.to_string();
-    let mut first = text.lines().next().unwrap_or_default().trim();
-    first = first.strip_prefix("error: ").unwrap_or(first);
-    if let Some(rest) = first.strip_prefix("line ")
-        && let Some((_, msg)) = rest.split_once(": ")
-    {
-        first = msg;
+/// A YAML node with the location it starts at: the same text as the scenario, read without
+/// a schema, for locating what the checks after parsing find (and duplicate keys).
+#[derive(Debug)]
+pub struct Node(Spanned<Kind>);
+
+/// What a [`Node`] is.
+#[derive(Debug)]
+pub enum Kind {
+    /// A scalar, as text.
+    Scalar(String),
+    /// A sequence.
+    Seq(Vec<Node>),
+    /// A mapping, its entries in order (duplicates kept).
+    Map(Vec<(Node, Node)>),
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Node(Spanned::<Kind>::deserialize(d)?))
     }
-    first.to_string()
 }
 
-fn indent_of(l: &str) -> usize {
-    l.len() - l.trim_start().len()
-}
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Kind;
 
-/// The mapping key a line (from its indentation) starts with, if any.
-fn key_of(s: &str) -> Option<String> {
-    let s = s.trim_start().trim_start_matches("- ").trim_start();
-    let (k, _) = s.split_once(':')?;
-    let k = k.trim();
-    (!k.is_empty() && !k.contains(' ') && !k.starts_with(['{', '[', '"', '\'', '#']))
-        .then(|| k.to_string())
-}
-
-/// The field path of a position in block-style YAML (`steps[1].create_container.args`),
-/// found from the indentation of the lines above it.
-pub fn field_path(text: &str, line: usize, column: usize) -> String {
-    let lines: Vec<&str> = yaml_lines(text).collect();
-    let Some(here) = lines.get(line.wrapping_sub(1)) else {
-        return String::new();
-    };
-    let mut parts: Vec<String> = Vec::new();
-    let col = byte_at(here, column);
-    // A flow mapping on this line: the key just before the column.
-    let before = &here[..col];
-    if let Some(open) = before.rfind('{') {
-        let inner = &before[open + 1..];
-        if let Some(k) = inner.rsplit(',').next().and_then(key_of) {
-            parts.push(k);
-        }
-        if let Some(k) = key_of(&here[..open]) {
-            parts.push(k);
-        }
-    } else if let Some(k) = key_of(&here[col..]) {
-        parts.push(k);
-    } else if let Some(k) = key_of(here) {
-        // A value on a `key: value` line.
-        parts.push(k);
-    }
-    let mut indent = indent_of(here);
-    let mut i = line - 1;
-    // The line itself may be a sequence item (`  - bogus: 1`).
-    let mut pending_item = here.trim_start().starts_with("- ").then(|| indent_of(here));
-    loop {
-        if let Some(item_indent) = pending_item.take() {
-            // Count the items at this indentation up to line i, back to the parent key.
-            let mut index = 0;
-            let mut j = i as isize;
-            while j >= 0 {
-                let l = lines[j as usize];
-                if l.trim().is_empty() || l.trim_start().starts_with('#') {
-                    j -= 1;
-                    continue;
-                }
-                let ind = indent_of(l);
-                if ind < item_indent || (ind == item_indent && !l.trim_start().starts_with("- ")) {
-                    break;
-                }
-                if ind == item_indent {
-                    index += 1;
-                }
-                j -= 1;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any YAML node")
             }
-            parts.push(format!("[{}]", index - 1));
-            indent = item_indent;
-        }
-        if i == 0 {
-            break;
-        }
-        i -= 1;
-        let l = lines[i];
-        if l.trim().is_empty() || l.trim_start().starts_with('#') {
-            continue;
-        }
-        let ind = indent_of(l);
-        let t = l.trim_start();
-        if t.starts_with("- ") && ind < indent {
-            // An item holding a mapping whose first key is on the item line.
-            if let Some(k) = key_of(t)
-                && indent > ind + 2
-            {
-                parts.push(k);
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Kind, E> {
+                Ok(Kind::Scalar(v.into()))
             }
-            pending_item = Some(ind);
-            continue;
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Kind, E> {
+                Ok(Kind::Scalar(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Kind, E> {
+                Ok(Kind::Scalar(v.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Kind, E> {
+                Ok(Kind::Scalar(v.to_string()))
+            }
+
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Kind, E> {
+                Ok(Kind::Scalar(v.to_string()))
+            }
+
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Kind, E> {
+                Ok(Kind::Scalar(v.to_string()))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Kind, E> {
+                Ok(Kind::Scalar(v.to_string()))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Kind, E> {
+                Ok(Kind::Scalar(String::new()))
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<Kind, E> {
+                Ok(Kind::Scalar(String::new()))
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
+                Kind::deserialize(d)
+            }
+
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Kind, E> {
+                Ok(Kind::Scalar(String::from_utf8_lossy(v).into_owned()))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Kind, A::Error> {
+                let mut items = Vec::new();
+                while let Some(n) = a.next_element()? {
+                    items.push(n);
+                }
+                Ok(Kind::Seq(items))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Kind, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(k) = a.next_key::<Node>()? {
+                    let v = a.next_value()?;
+                    entries.push((k, v));
+                }
+                Ok(Kind::Map(entries))
+            }
         }
-        if ind < indent
-            && let Some(k) = key_of(t)
-        {
-            parts.push(k);
-            indent = ind;
+        d.deserialize_any(V)
+    }
+}
+
+/// One step of a path into the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seg<'a> {
+    /// A mapping's value for this key.
+    Key(&'a str),
+    /// A mapping's key itself (to point at the key, not its value).
+    KeyOf(&'a str),
+    /// A sequence's item.
+    Index(usize),
+}
+
+impl Node {
+    /// The tree of `text` (duplicate keys kept), if it is YAML at all.
+    pub fn parse(text: &str) -> Option<Node> {
+        let options = serde_saphyr::options! {
+            duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+            non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::AsString,
+        };
+        serde_saphyr::from_str_with_options(text, options).ok()
+    }
+
+    fn location(&self) -> (usize, usize) {
+        let l = &self.0.referenced;
+        (l.line() as usize, l.column() as usize)
+    }
+
+    fn get(&self, path: &[Seg<'_>]) -> Option<&Node> {
+        let Some((first, rest)) = path.split_first() else {
+            return Some(self);
+        };
+        let next = match (&self.0.value, first) {
+            (Kind::Map(entries), Seg::Key(k)) => entries
+                .iter()
+                .rev()
+                .find(|(key, _)| key.scalar() == Some(k))
+                .map(|(_, v)| v),
+            (Kind::Map(entries), Seg::KeyOf(k)) => entries
+                .iter()
+                .find(|(key, _)| key.scalar() == Some(k))
+                .map(|(key, _)| key),
+            (Kind::Seq(items), Seg::Index(i)) => items.get(*i),
+            _ => None,
+        }?;
+        next.get(rest)
+    }
+
+    fn scalar(&self) -> Option<&str> {
+        match &self.0.value {
+            Kind::Scalar(s) => Some(s),
+            _ => None,
         }
     }
-    parts.reverse();
+
+    /// Every node in document order with its field path and whether it is a mapping's key.
+    fn walk<'a>(&'a self, path: &mut Vec<String>, out: &mut Vec<(String, &'a Node, bool)>) {
+        out.push((render_path(path), self, false));
+        match &self.0.value {
+            Kind::Scalar(_) => {}
+            Kind::Seq(items) => {
+                for (i, n) in items.iter().enumerate() {
+                    path.push(format!("[{i}]"));
+                    n.walk(path, out);
+                    path.pop();
+                }
+            }
+            Kind::Map(entries) => {
+                for (k, v) in entries {
+                    path.push(k.scalar().unwrap_or("?").to_string());
+                    out.push((render_path(path), k, true));
+                    v.walk(path, out);
+                    path.pop();
+                }
+            }
+        }
+    }
+
+    /// The field path of the last node that starts at or before `(line, column)`: the value
+    /// or key an error there is about. Of the nodes that start there, the innermost (a key
+    /// rather than the mapping it starts), or with `outer` the mapping itself (the one a
+    /// missing field is missing from: a block mapping starts at its first key, a flow
+    /// mapping's error points at its first key).
+    pub fn path_at(&self, line: usize, column: usize, outer: bool) -> String {
+        let mut all = Vec::new();
+        self.walk(&mut Vec::new(), &mut all);
+        let Some(at) = all
+            .iter()
+            .map(|(_, n, _)| n.location())
+            .filter(|l| *l <= (line, column) && l.0 > 0)
+            .max()
+        else {
+            return String::new();
+        };
+        let mut here = all.iter().filter(|(_, n, _)| n.location() == at);
+        let found = if outer { here.next() } else { here.next_back() };
+        match found {
+            // The mapping the key is in.
+            Some((p, _, true)) if outer => match p.rfind(['.', '[']) {
+                Some(i) => p[..i].to_string(),
+                None => String::new(),
+            },
+            Some((p, _, _)) => p.clone(),
+            None => String::new(),
+        }
+    }
+
+    /// The line of the first key equal to the one at `(line, column)` in the same mapping.
+    fn first_duplicate(&self, line: usize, column: usize) -> Option<(String, usize)> {
+        match &self.0.value {
+            Kind::Scalar(_) => None,
+            Kind::Seq(items) => items.iter().find_map(|n| n.first_duplicate(line, column)),
+            Kind::Map(entries) => {
+                if let Some((dup, _)) = entries.iter().find(|(k, _)| k.location() == (line, column))
+                {
+                    let name = dup.scalar()?;
+                    let first = entries.iter().find(|(k, _)| k.scalar() == Some(name))?;
+                    return Some((name.to_string(), first.0.location().0));
+                }
+                entries.iter().find_map(|(k, v)| {
+                    k.first_duplicate(line, column)
+                        .or_else(|| v.first_duplicate(line, column))
+                })
+            }
+        }
+    }
+}
+
+fn render_path(parts: &[String]) -> String {
     let mut out = String::new();
     for p in parts {
         if !out.is_empty() && !p.starts_with('[') {
             out.push('.');
         }
-        out.push_str(&p);
+        out.push_str(p);
     }
     out
+}
+
+/// `unknown WHAT "found": did you mean "x"? (expected one of a, b)`, without the question
+/// when no name is near.
+fn unknown_name(what: &str, found: &str, expected: &[&'static str]) -> String {
+    let list = expected.join(", ");
+    match sim_agent::op::suggest(found, expected.iter().copied()) {
+        Some(n) => {
+            format!("unknown {what} {found:?}: did you mean {n:?}? (expected one of {list})")
+        }
+        None => format!("unknown {what} {found:?}: expected one of {list}"),
+    }
+}
+
+/// The message of a serde-saphyr error and where it is, without the library's own location
+/// text or advice meant for the program rather than the user.
+fn describe(e: &serde_saphyr::Error, tree: Option<&Node>) -> (String, String, Location) {
+    use serde_saphyr::Error as E;
+    let e = e.without_snippet();
+    let location = e.location().unwrap_or(Location::UNKNOWN);
+    let (line, column) = (location.line() as usize, location.column() as usize);
+    let outer = matches!(e, E::SerdeMissingField { .. });
+    let path = tree
+        .map(|t| t.path_at(line, column, outer))
+        .unwrap_or_default();
+    let message = match e {
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => unknown_name("field", field, expected),
+        E::SerdeUnknownVariant {
+            variant, expected, ..
+        } => {
+            // A step's name is a sequence item (`steps[2]`) or its key (`steps[2].strat`).
+            let in_steps = path
+                .strip_prefix("steps[")
+                .and_then(|p| p.split_once(']'))
+                .is_some_and(|(_, rest)| {
+                    rest.is_empty() || (rest.starts_with('.') && !rest[1..].contains(['.', '[']))
+                });
+            unknown_name(if in_steps { "step" } else { "value" }, variant, expected)
+        }
+        E::DuplicateMappingKey { key, .. } => {
+            match tree.and_then(|t| t.first_duplicate(line, column)) {
+                Some((name, first)) => {
+                    format!("duplicate key {name:?}: first on line {first}, again on line {line}")
+                }
+                None => match key {
+                    Some(k) => format!("duplicate key {k:?} (on line {line})"),
+                    None => format!("duplicate key on line {line}"),
+                },
+            }
+        }
+        E::SerdeMissingField { field, .. } => format!("missing field {field:?}"),
+        E::Message { msg, .. } => msg.clone(),
+        other => {
+            let text = other.to_string();
+            let suffix = format!(" at line {line}, column {column}");
+            let first = text.lines().next().unwrap_or_default();
+            first.strip_suffix(&suffix).unwrap_or(first).to_string()
+        }
+    };
+    (path, message, location)
 }
 
 /// Parses scenario text; `file` names it in errors.
 pub fn parse(file: &Path, text: &str) -> Result<Scenario, LoadError> {
     let scenario: Scenario = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line() as usize, l.column() as usize))
-            .unwrap_or((0, 0));
-        let path = field_path(text, line, column);
+        let tree = Node::parse(text);
+        let (path, mut message, location) = describe(&e, tree.as_ref());
+        let (line, mut column) = (location.line() as usize, location.column() as usize);
+        // A fault rule's error names its column inside the rule: place it in the scalar (one
+        // further for the opening quote of a quoted scalar).
+        if let Some((n, rest)) = RuleError::split_column(&message) {
+            let opened = yaml_lines(text)
+                .nth(line.saturating_sub(1))
+                .and_then(|l| l.chars().nth(column.saturating_sub(1)))
+                .is_some_and(|c| c == '\'' || c == '"');
+            column += usize::from(opened) + n.saturating_sub(1);
+            message = rest.to_string();
+        }
         let message = if path.is_empty() {
-            plain_message(&e)
+            message
         } else {
-            format!("{path}: {}", plain_message(&e))
+            format!("{path}: {message}")
         };
         located(file, text, line, column, message)
     })?;
-    validate(file, text, &scenario)?;
+    check(&scenario).map_err(|p| {
+        let (line, column) = Node::parse(text)
+            .and_then(|t| t.get(&p.at).map(Node::location))
+            .unwrap_or((0, 0));
+        located(
+            file,
+            text,
+            line,
+            column,
+            format!("{}: {}", p.path, p.message),
+        )
+    })?;
     Ok(scenario)
 }
 
@@ -252,166 +481,249 @@ pub fn load(file: &Path) -> Result<Scenario, LoadError> {
     parse(file, &text)
 }
 
-/// The position (line, character column) of the first line that contains `needle` (for
-/// errors found after parsing).
-fn find(text: &str, needle: &str) -> (usize, usize) {
-    find_nth(text, needle, 0, 0)
+/// Loads every file; a scenario whose name an earlier file already has is an error at its
+/// `name` (names are unique: they name snapshots, JUnit cases and `kata-sim run NAME`).
+pub fn load_all(files: &[PathBuf]) -> Vec<Result<Scenario, LoadError>> {
+    let mut seen: std::collections::BTreeMap<String, (PathBuf, usize)> = Default::default();
+    files
+        .iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(file).map_err(|e| LoadError {
+                file: file.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+                source_line: String::new(),
+            })?;
+            let s = parse(file, &text)?;
+            let (line, column) = Node::parse(&text)
+                .and_then(|t| t.get(&[Seg::Key("name")]).map(Node::location))
+                .unwrap_or((0, 0));
+            if let Some((first, first_line)) = seen.get(&s.name) {
+                return Err(located(
+                    file,
+                    &text,
+                    line,
+                    column,
+                    format!(
+                        "name: {:?} is already the name of {}:{first_line} (scenario names are unique)",
+                        s.name,
+                        first.display()
+                    ),
+                ));
+            }
+            seen.insert(s.name.clone(), (file.clone(), line));
+            Ok(s)
+        })
+        .collect()
 }
 
-/// The position of the `nth` (from 0) line at or after line `from` (0-based) that contains
-/// `needle`, outside comments.
-fn find_nth(text: &str, needle: &str, nth: usize, from: usize) -> (usize, usize) {
-    yaml_lines(text)
-        .enumerate()
-        .skip(from)
-        .filter(|(_, l)| !l.trim_start().starts_with('#'))
-        .filter_map(|(i, l)| l.find(needle).map(|c| (i + 1, column_of(l, c))))
-        .nth(nth)
-        .unwrap_or((0, 0))
+/// A problem the checks after parsing found: where in the tree, the field path, what.
+struct Problem<'a> {
+    at: Vec<Seg<'a>>,
+    path: String,
+    message: String,
 }
 
-/// Whether `secs` is a number of seconds in `0..=max` (not negative, NaN or infinite).
-fn seconds_in_range(secs: f64, max: f64) -> bool {
-    secs.is_finite() && (0.0..=max).contains(&secs)
+/// The serde name of a step (its key in the file).
+fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::CreateSandbox(_) => "create_sandbox",
+        Step::CreateContainer(_) => "create_container",
+        Step::Start(_) => "start",
+        Step::Exec(_) => "exec",
+        Step::WriteStdin(_) => "write_stdin",
+        Step::CloseStdin(_) => "close_stdin",
+        Step::Kill(_) => "kill",
+        Step::Wait(_) => "wait",
+        Step::Stop(_) => "stop",
+        Step::Pause(_) => "pause",
+        Step::Resume(_) => "resume",
+        Step::Update(_) => "update",
+        Step::Stats(_) => "stats",
+        Step::DestroySandbox => "destroy_sandbox",
+        Step::PushOom(_) => "push_oom",
+        Step::KillGuest => "kill_guest",
+        Step::WriteTerminationMessage(_) => "write_termination_message",
+        Step::RemoveTerminationMessage(_) => "remove_termination_message",
+        Step::AdvanceTime(_) => "advance_time",
+        Step::AddFault(_) => "add_fault",
+        Step::RemoveFault(_) => "remove_fault",
+    }
 }
 
-/// Checks what the types cannot: rule syntax, known containers, the agent version.
-fn validate(file: &Path, text: &str, s: &Scenario) -> Result<(), LoadError> {
-    let err = |needle: &str, message: String| {
-        let (line, column) = find(text, needle);
-        Err(located(file, text, line, column, message))
-    };
-    if s.name.trim().is_empty() {
-        return err("name", "name: must not be empty".into());
-    }
-    for (i, rule) in s.faults.iter().enumerate() {
-        if let Err(e) = rule.parse::<sim_agent::fault::Rule>() {
-            let (line, col) = find(text, rule.as_str());
-            let column = if line > 0 { col + e.column - 1 } else { 0 };
-            return Err(located(
-                file,
-                text,
-                line,
-                column,
-                format!("faults[{i}]: {}", e.message),
-            ));
-        }
-    }
-    if let Some(v) = &s.config.agent_version
-        && v.parse::<sim_agent::AgentVersion>().is_err()
-    {
-        return err(
-            v,
-            format!("config.agent_version: {v:?} is not a version like 3.19.1"),
-        );
-    }
-    for (cid, p) in &s.guest.programs {
-        if let Some(secs) = p.run_secs
-            && !seconds_in_range(secs, MAX_RUN_SECS)
-        {
-            let (from, _) = find_nth(text, &format!("{cid}:"), 0, find(text, "programs").0);
-            let (line, column) = find_nth(text, "run_secs", 0, from.saturating_sub(1));
-            return Err(located(
-                file,
-                text,
-                line,
-                column,
-                format!(
-                    "guest.programs.{cid}.run_secs: {secs:?} is out of range: expected 0 to {MAX_RUN_SECS} seconds"
-                ),
-            ));
-        }
-    }
-    let mut containers: Vec<&str> = Vec::new();
+/// What the types cannot say: every container and exec a step names is created by an
+/// earlier step, containers after the sandbox, `remove_fault` names an installed rule, and
+/// `guest.programs` and `expect` name containers (and execs) some step creates.
+fn check(s: &Scenario) -> Result<(), Problem<'_>> {
     let mut sandbox = false;
-    let mut advances = 0;
+    let mut containers: BTreeSet<&str> = BTreeSet::new();
+    let mut execs: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut rules: BTreeSet<&str> = s.faults.iter().map(|r| r.text.as_str()).collect();
     for (i, step) in s.steps.iter().enumerate() {
-        let known = |c: &str, containers: &Vec<&str>| containers.contains(&c);
+        let name = step_name(step);
+        let problem = |field: Option<&'static str>, message: String| {
+            let mut at = vec![Seg::Key("steps"), Seg::Index(i), Seg::Key(name)];
+            let mut path = format!("steps[{i}].{name}");
+            if let Some(f) = field {
+                at.push(Seg::Key(f));
+                path = format!("{path}.{f}");
+            }
+            Problem { at, path, message }
+        };
+        let container = |c: &str, field| {
+            if containers.contains(c) {
+                Ok(())
+            } else {
+                Err(problem(
+                    field,
+                    format!("container {c:?} is not created by an earlier step"),
+                ))
+            }
+        };
+        let exec = |c: &str, e: Option<&str>, field| match e {
+            Some(e) if !execs.contains(&(c, e)) => Err(problem(
+                field,
+                format!("exec {e:?} of container {c:?} is not created by an earlier step"),
+            )),
+            _ => Ok(()),
+        };
         match step {
             Step::CreateSandbox(_) => sandbox = true,
             Step::CreateContainer(c) => {
                 if !sandbox {
-                    return err(
-                        "create_container",
-                        format!("steps[{i}].create_container: no create_sandbox step before it"),
-                    );
+                    return Err(Problem {
+                        at: vec![Seg::Key("steps"), Seg::Index(i), Seg::KeyOf(name)],
+                        path: format!("steps[{i}].{name}"),
+                        message: "no create_sandbox step before it".into(),
+                    });
                 }
-                if c.args.is_empty() {
-                    return err(
-                        "args",
-                        format!("steps[{i}].create_container.args: must not be empty"),
-                    );
-                }
-                containers.push(&c.id);
+                containers.insert(&c.id);
             }
             Step::Start(c)
-            | Step::Wait(c)
             | Step::Stop(c)
             | Step::Pause(c)
             | Step::Resume(c)
             | Step::Stats(c)
-            | Step::PushOom(c) => {
-                let c = c.split('/').next().unwrap_or_default();
-                if !known(c, &containers) {
-                    return err(
-                        c,
-                        format!("steps[{i}]: container {c:?} is not created by an earlier step"),
-                    );
-                }
+            | Step::PushOom(c)
+            | Step::RemoveTerminationMessage(c) => container(c, None)?,
+            Step::Wait(target) => {
+                let (c, e) = match target.split_once('/') {
+                    Some((c, e)) => (c, Some(e)),
+                    None => (target.as_str(), None),
+                };
+                container(c, None)?;
+                exec(c, e, None)?;
             }
-            Step::AdvanceTime(secs) => {
-                if !seconds_in_range(*secs, MAX_ADVANCE_SECS) {
-                    let (line, column) = find_nth(text, "advance_time", advances, 0);
-                    return Err(located(
-                        file,
-                        text,
-                        line,
-                        column,
+            Step::Exec(e) => {
+                container(&e.container, Some("container"))?;
+                execs.insert((&e.container, &e.id));
+            }
+            Step::WriteStdin(w) => {
+                container(&w.container, Some("container"))?;
+                exec(&w.container, w.exec.as_deref(), Some("exec"))?;
+            }
+            Step::CloseStdin(p) => {
+                container(&p.container, Some("container"))?;
+                exec(&p.container, p.exec.as_deref(), Some("exec"))?;
+            }
+            Step::Kill(k) => {
+                container(&k.container, Some("container"))?;
+                exec(&k.container, k.exec.as_deref(), Some("exec"))?;
+            }
+            Step::Update(u) => container(&u.container, Some("container"))?,
+            Step::WriteTerminationMessage(t) => container(&t.container, Some("container"))?,
+            Step::AddFault(r) => {
+                rules.insert(&r.text);
+            }
+            Step::RemoveFault(r) => {
+                if !rules.contains(r.text.as_str()) {
+                    return Err(problem(
+                        None,
                         format!(
-                            "steps[{i}].advance_time: {secs:?} is out of range: expected 0 to {MAX_ADVANCE_SECS} seconds"
+                            "no rule {:?} is installed before it (by faults or add_fault)",
+                            r.text
                         ),
                     ));
                 }
-                advances += 1;
             }
-            Step::AddFault(rule) => {
-                if let Err(e) = rule.parse::<sim_agent::fault::Rule>() {
-                    let (line, col) = find(text, rule.as_str());
-                    return Err(located(
-                        file,
-                        text,
-                        line,
-                        if line > 0 { col + e.column - 1 } else { 0 },
-                        format!("steps[{i}].add_fault: {}", e.message),
-                    ));
-                }
-            }
-            _ => {}
+            Step::DestroySandbox | Step::KillGuest | Step::AdvanceTime(_) => {}
+        }
+    }
+    // Containers and execs any step creates: what `guest` and `expect` may name.
+    let names = |key: &str| match key.split_once('/') {
+        Some((c, e)) => execs.contains(&(c, e)),
+        None => containers.contains(key),
+    };
+    for key in s.guest.programs.keys() {
+        if !containers.contains(key.as_str()) {
+            return Err(unknown("guest", "programs", key, false));
+        }
+    }
+    for key in s.expect.exit_codes.keys() {
+        if !names(key) {
+            return Err(unknown("expect", "exit_codes", key, true));
+        }
+    }
+    for key in s.expect.stdout.keys() {
+        if !names(key) {
+            return Err(unknown("expect", "stdout", key, true));
+        }
+    }
+    for key in s.expect.host_files.keys() {
+        if !containers.contains(key.as_str()) {
+            return Err(unknown("expect", "host_files", key, false));
         }
     }
     Ok(())
+}
+
+/// `guest.programs` or an `expect` map names a container (or `container/exec`) nobody creates.
+fn unknown<'a>(section: &'a str, map: &'a str, key: &'a str, execs_too: bool) -> Problem<'a> {
+    let what = if execs_too && key.contains('/') {
+        "exec"
+    } else {
+        "container"
+    };
+    Problem {
+        at: vec![Seg::Key(section), Seg::Key(map), Seg::KeyOf(key)],
+        path: format!("{section}.{map}.{key}"),
+        message: format!("{what} {key:?} is not created by any step"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn error(text: &str) -> LoadError {
+        parse(Path::new("x.yaml"), text).unwrap_err()
+    }
+
     #[test]
-    fn field_paths_follow_indentation_and_sequences() {
+    fn field_paths_come_from_the_parsed_tree() {
         let text = "name: a\nsteps:\n  - create_sandbox: {}\n  - create_container:\n      id: c1\n      argz: [x]\n  - bogus: 1\nconfig: { persona: java }\n";
-        assert_eq!(field_path(text, 6, 7), "steps[1].create_container.argz");
-        assert_eq!(field_path(text, 7, 5), "steps[2].bogus");
-        assert_eq!(field_path(text, 8, 20), "config.persona");
-        assert_eq!(field_path(text, 1, 1), "name");
+        let tree = Node::parse(text).unwrap();
+        assert_eq!(tree.path_at(6, 7, false), "steps[1].create_container.argz");
+        assert_eq!(tree.path_at(7, 5, false), "steps[2].bogus");
+        assert_eq!(tree.path_at(8, 20, false), "config.persona");
+        assert_eq!(tree.path_at(1, 1, false), "name");
+        assert_eq!(tree.path_at(1, 1, true), "");
+        let e = error(text);
+        assert_eq!((e.line, e.column), (6, 7), "{e}");
+        assert!(
+            e.message.starts_with(
+                "steps[1].create_container.argz: unknown field \"argz\": did you mean \"args\"?"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
     fn columns_count_characters_not_bytes() {
         // Used to panic: the column of `bogus` sliced the line inside an `é`.
         let text = "name: a\nsteps:\n  - create_sandbox: { id: ééé, bogus: 1 }\n";
-        let ascii = text.replace('é', "e");
-        assert_eq!(field_path(text, 3, 32), field_path(&ascii, 3, 32));
-        let e = parse(Path::new("x.yaml"), text).unwrap_err();
+        let e = error(text);
         assert_eq!((e.line, e.column), (3, 32), "{e}");
         assert!(e.message.contains("bogus"), "{e}");
         assert!(
@@ -420,14 +732,27 @@ mod tests {
         );
         // A rule after non-ASCII text: its column counts characters too.
         let text = "name: a\nfaults: ['Check{sandbox=\"é\"}=hang', 'Check=explode']\nsteps: []\n";
-        let e = parse(Path::new("x.yaml"), text).unwrap_err();
+        let e = error(text);
         assert_eq!((e.line, e.column), (2, 44), "{e}");
         assert_eq!(byte_at("ééx", 3), 4);
         assert_eq!(byte_at("é", 9), 2);
     }
 
     #[test]
-    fn times_out_of_range_are_located_errors() {
+    fn rule_columns_land_inside_plain_and_quoted_scalars() {
+        for (text, column) in [
+            ("name: a\nfaults: [Check=explode]\nsteps: []\n", 16),
+            ("name: a\nfaults: [\"Check=explode\"]\nsteps: []\n", 17),
+            ("name: a\nsteps:\n  - add_fault:   Check=explode\n", 24),
+        ] {
+            let e = error(text);
+            assert_eq!(e.column, column, "{text}: {e}");
+            assert!(e.message.contains("unknown action \"explode\""), "{e}");
+        }
+    }
+
+    #[test]
+    fn times_out_of_range_are_errors_at_the_value() {
         for (value, shown) in [
             ("1e300", "1e300"),
             (".inf", "inf"),
@@ -436,8 +761,8 @@ mod tests {
             ("3601", "3601.0"),
         ] {
             let text = format!("name: a\nsteps:\n  - advance_time: 1\n  - advance_time: {value}\n");
-            let e = parse(Path::new("x.yaml"), &text).unwrap_err();
-            assert_eq!((e.line, e.column), (4, 5), "{value}: {e}");
+            let e = error(&text);
+            assert_eq!((e.line, e.column), (4, 19), "{value}: {e}");
             assert_eq!(
                 e.message,
                 format!(
@@ -447,17 +772,47 @@ mod tests {
             );
         }
         let text = "name: a\nguest:\n  programs:\n    c0: { run_secs: 1 }\n    c1:\n      run_secs: -2\nsteps: []\n";
-        let e = parse(Path::new("x.yaml"), text).unwrap_err();
-        assert_eq!((e.line, e.column), (6, 7), "{e}");
+        let e = error(text);
+        assert_eq!((e.line, e.column), (6, 17), "{e}");
         assert!(
             e.message
-                .contains("guest.programs.c1.run_secs: -2.0 is out of range"),
+                .starts_with("guest.programs.c1.run_secs: -2.0 is out of range"),
             "{e}"
         );
-        parse(
+        let s = parse(
             Path::new("x.yaml"),
             "name: a\nsteps:\n  - advance_time: 3600\n  - advance_time: 0\n",
         )
         .unwrap();
+        assert_eq!(s.steps.len(), 2);
+    }
+
+    #[test]
+    fn a_loaded_scenario_holds_parsed_values() {
+        let text = "name: typed\nconfig: { agent_version: 3.19.1 }\nfaults: ['Check=1*hang->off']\nguest:\n  programs:\n    c1: { on_signal: 3 }\nsteps:\n  - create_sandbox: {}\n  - create_container: { id: c1, args: [x], termination_message_policy: FallbackToLogsOnError }\nexpect:\n  order: [[Check, StopVM]]\n  absent: [KillVM]\n";
+        let s = parse(Path::new("x.yaml"), text).unwrap();
+        assert_eq!(
+            s.config.agent_version,
+            Some(sim_agent::AgentVersion(3, 19, 1))
+        );
+        assert_eq!(
+            s.faults[0].target,
+            sim_agent::fault::Target::Op(sim_agent::Op::Agent(sim_agent::Method::Check))
+        );
+        assert_eq!(
+            s.guest.programs["c1"].on_signal,
+            crate::schema::OnSignal::Exit(3)
+        );
+        assert_eq!(
+            s.expect.absent,
+            [sim_agent::Op::Vm(sim_agent::VmOp::KillVM)]
+        );
+        let Step::CreateContainer(c) = &s.steps[1] else {
+            panic!("create_container")
+        };
+        assert_eq!(
+            c.termination_message_policy,
+            Some(crate::schema::TerminationMessagePolicy::FallbackToLogsOnError)
+        );
     }
 }

@@ -144,16 +144,27 @@ pub struct Loaded {
 /// Loads every source; a scenario whose `name` an earlier one already has is an error located
 /// at its `name:` line, naming the earlier file.
 pub fn load_all(sources: &[Source]) -> Vec<Loaded> {
-    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut seen: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
     sources
         .iter()
         .map(|source| {
             let scenario = source.text().and_then(|text| {
                 let s = parse(&source.file, &text)?;
-                if let Some(first) = seen.get(&s.name) {
-                    return Err(duplicate(&source.file, &text, &s.name, first));
+                let (line, column, source_line) = name_line(&text);
+                if let Some((first, first_line)) = seen.get(&s.name) {
+                    return Err(LoadError {
+                        file: source.file.clone(),
+                        line,
+                        column,
+                        message: format!(
+                            "name: {:?} is already the name of {}:{first_line} (scenario names are unique)",
+                            s.name,
+                            first.display()
+                        ),
+                        source_line,
+                    });
                 }
-                seen.insert(s.name.clone(), source.file.clone());
+                seen.insert(s.name.clone(), (source.file.clone(), line));
                 Ok(s)
             });
             Loaded {
@@ -164,9 +175,9 @@ pub fn load_all(sources: &[Source]) -> Vec<Loaded> {
         .collect()
 }
 
-fn duplicate(file: &Path, text: &str, name: &str, first: &Path) -> LoadError {
-    // The top-level `name:` key (unindented), pointing at its value.
-    let (line, column, source_line) = crate::load::yaml_lines(text)
+/// Where the top-level `name:` key's value is: (line, column, the line).
+fn name_line(text: &str) -> (usize, usize, String) {
+    crate::load::yaml_lines(text)
         .enumerate()
         .find_map(|(i, l)| {
             let rest = l.strip_prefix("name:")?;
@@ -174,17 +185,7 @@ fn duplicate(file: &Path, text: &str, name: &str, first: &Path) -> LoadError {
             let column = "name:".len() + rest[..value].chars().count() + 1;
             Some((i + 1, column, l.to_string()))
         })
-        .unwrap_or((1, 1, String::new()));
-    LoadError {
-        file: file.to_path_buf(),
-        line,
-        column,
-        message: format!(
-            "name: {name:?} is already the name of {} (scenario names are unique)",
-            first.display()
-        ),
-        source_line,
-    }
+        .unwrap_or((1, 1, String::new()))
 }
 
 /// The scenarios of `library` (default: the bundled one) whose `name` is `name`, or the nearest
@@ -271,18 +272,18 @@ pub enum Verdict {
     Failed,
     /// Its file did not load.
     Invalid,
-    /// It was not run (the run was interrupted).
-    NotRun,
+    /// It was not run (the run was interrupted): JUnit `<skipped/>`.
+    Skipped,
 }
 
 impl Verdict {
-    /// The word in JSON output: `ok`, `failed`, `invalid`, `not-run`.
+    /// The word in JSON output: `ok`, `failed`, `invalid`, `skipped`.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Ok => "ok",
             Verdict::Failed => "failed",
             Verdict::Invalid => "invalid",
-            Verdict::NotRun => "not-run",
+            Verdict::Skipped => "skipped",
         }
     }
 }
@@ -302,8 +303,10 @@ pub struct Report {
     pub mismatches: Vec<Mismatch>,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Why it was not run (or not to its end), if it was not.
-    pub not_run: Option<String>,
+    /// When the run started (the JUnit `timestamp`).
+    pub started: std::time::SystemTime,
+    /// Why the scenario was not run (or not to its end: interrupted): JUnit `<skipped/>`.
+    pub skipped: Option<String>,
 }
 
 impl Report {
@@ -316,8 +319,8 @@ impl Report {
     pub fn verdict(&self) -> Verdict {
         if self.load_error.is_some() {
             Verdict::Invalid
-        } else if self.not_run.is_some() {
-            Verdict::NotRun
+        } else if self.skipped.is_some() {
+            Verdict::Skipped
         } else if self.mismatches.is_empty() {
             Verdict::Ok
         } else {
@@ -325,16 +328,25 @@ impl Report {
         }
     }
 
-    /// A scenario that was not run, and why.
-    pub fn not_run(file: &Path, scenario: Scenario, why: String) -> Report {
+    /// The report of a scenario file that was not run, and why (`interrupted`).
+    pub fn not_run(file: &Path, reason: impl Into<String>) -> Report {
         Report {
             file: file.to_path_buf(),
-            scenario: Some(scenario),
+            scenario: None,
             load_error: None,
             outcome: None,
             mismatches: Vec::new(),
             elapsed: Duration::ZERO,
-            not_run: Some(why),
+            started: std::time::SystemTime::now(),
+            skipped: Some(reason.into()),
+        }
+    }
+
+    /// [`Report::not_run`] for a scenario that loaded.
+    pub fn scenario_not_run(file: &Path, scenario: Scenario, reason: impl Into<String>) -> Report {
+        Report {
+            scenario: Some(scenario),
+            ..Report::not_run(file, reason)
         }
     }
 
@@ -403,10 +415,11 @@ pub fn run_all(
                 outcome: None,
                 mismatches: Vec::new(),
                 elapsed: Duration::ZERO,
-                not_run: None,
+                started: std::time::SystemTime::now(),
+                skipped: None,
             },
             Ok(s) => match stop() {
-                Some(why) => Report::not_run(&l.source.file, s, why),
+                Some(why) => Report::scenario_not_run(&l.source.file, s, why),
                 None => {
                     progress(Progress::Started {
                         index,
@@ -446,7 +459,8 @@ pub fn run_file(file: &Path, o: &Overrides) -> Report {
             outcome: None,
             mismatches: Vec::new(),
             elapsed: Duration::ZERO,
-            not_run: None,
+            started: std::time::SystemTime::now(),
+            skipped: None,
         },
         Ok(s) => run_scenario(file, s, o, &|| None, &mut |_, _| {}),
     }
@@ -462,6 +476,7 @@ pub fn run_scenario(
     tick: &mut dyn FnMut(Duration, Option<String>),
 ) -> Report {
     let start = Instant::now();
+    let started = std::time::SystemTime::now();
     if let Some(p) = o.persona {
         s.config.persona = p;
     }
@@ -469,7 +484,7 @@ pub fn run_scenario(
         s.seed = seed;
     }
     if let Some(v) = o.agent_version {
-        s.config.agent_version = Some(v.to_string());
+        s.config.agent_version = Some(v);
     }
     let trace = Trace::folding();
     let limits = o.limits();
@@ -510,7 +525,7 @@ pub fn run_scenario(
     let outcome = match run {
         Isolated::Ended(outcome) => outcome,
         Isolated::Stopped(why) => {
-            let mut r = Report::not_run(file, s, why);
+            let mut r = Report::scenario_not_run(file, s, why);
             r.elapsed = start.elapsed();
             return r;
         }
@@ -533,7 +548,8 @@ pub fn run_scenario(
         outcome: Some(outcome),
         mismatches,
         elapsed: start.elapsed(),
-        not_run: None,
+        started,
+        skipped: None,
     }
 }
 
@@ -604,7 +620,8 @@ where
     let (tx, rx) = std::sync::mpsc::channel();
     let scenario = s.clone();
     let spawned = std::thread::Builder::new()
-        .name(format!("scenario {}", s.name))
+        // A thread name cannot hold a NUL (spawning would panic).
+        .name(format!("scenario {}", s.name.replace('\0', "\\0")))
         .spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&scenario)));
             let _ = tx.send(r);
@@ -685,7 +702,7 @@ pub fn summary_styled(reports: &[Report], color: bool) -> String {
             Verdict::Ok => ("ok", AnsiColor::Green.on_default()),
             Verdict::Failed => ("FAILED", AnsiColor::Red.on_default().bold()),
             Verdict::Invalid => ("INVALID", AnsiColor::Red.on_default().bold()),
-            Verdict::NotRun => ("NOT RUN", AnsiColor::Yellow.on_default()),
+            Verdict::Skipped => ("SKIPPED", AnsiColor::Yellow.on_default()),
         };
         let calls = r.outcome.as_ref().map_or(0, |o| o.calls.len());
         let _ = writeln!(
@@ -717,7 +734,7 @@ pub fn failures(reports: &[Report]) -> String {
     let mut out = String::new();
     for r in reports {
         match r.verdict() {
-            Verdict::Ok | Verdict::NotRun => {}
+            Verdict::Ok | Verdict::Skipped => {}
             Verdict::Invalid => {
                 if let Some(e) = &r.load_error {
                     let _ = writeln!(out, "{e}\n");
@@ -762,8 +779,8 @@ pub fn json(r: &Report) -> serde_json::Value {
     if let Some(e) = &r.load_error {
         obj["error"] = load_error_json(e);
     }
-    if let Some(why) = &r.not_run {
-        obj["not_run"] = why.clone().into();
+    if let Some(why) = &r.skipped {
+        obj["skipped"] = why.clone().into();
     }
     if let Some(o) = &r.outcome {
         obj["errors"] = serde_json::to_value(&o.errors).unwrap_or_default();
@@ -776,64 +793,9 @@ pub fn load_error_json(e: &LoadError) -> serde_json::Value {
     serde_json::json!({ "line": e.line, "column": e.column, "message": e.message })
 }
 
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// JUnit XML for CI systems.
+/// JUnit XML for CI systems (see [`crate::junit`]).
 pub fn junit(reports: &[Report]) -> String {
-    let failed = reports
-        .iter()
-        .filter(|r| matches!(r.verdict(), Verdict::Failed | Verdict::Invalid))
-        .count();
-    let skipped = reports
-        .iter()
-        .filter(|r| r.verdict() == Verdict::NotRun)
-        .count();
-    let mut out = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"kata-sim\" tests=\"{}\" failures=\"{failed}\" skipped=\"{skipped}\">\n",
-        reports.len()
-    );
-    for r in reports {
-        let _ = write!(
-            out,
-            "  <testcase classname=\"kata-sim\" name=\"{}\" time=\"{:.3}\"",
-            xml(&name(r)),
-            r.elapsed.as_secs_f64()
-        );
-        match r.verdict() {
-            Verdict::Ok => out.push_str("/>\n"),
-            Verdict::NotRun => {
-                let _ = write!(
-                    out,
-                    ">\n    <skipped message=\"{}\"/>\n  </testcase>\n",
-                    xml(r.not_run.as_deref().unwrap_or("not run"))
-                );
-            }
-            Verdict::Failed | Verdict::Invalid => {
-                let detail = match &r.load_error {
-                    Some(e) => e.to_string(),
-                    None => r
-                        .mismatches
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                };
-                let _ = write!(
-                    out,
-                    ">\n    <failure message=\"seed {}\">{}</failure>\n  </testcase>\n",
-                    r.scenario.as_ref().map_or(0, |s| s.seed),
-                    xml(&detail)
-                );
-            }
-        }
-    }
-    out.push_str("</testsuite>\n");
-    out
+    crate::junit::render(reports)
 }
 
 /// Runs a scenario with the `exec` driver on a real clock.

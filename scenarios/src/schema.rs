@@ -23,17 +23,30 @@
 //! ```
 //!
 //! See `docs/scenarios.md` for every field with an example.
+//!
+//! Parse, don't validate: every field the run acts on is a type that only holds what it can
+//! run as written (fault [`Rule`]s, the [`AgentVersion`], [`Op`] names, [`OnSignal`], the
+//! [`TerminationMessagePolicy`], [`Seconds`] in range), converted by serde when the file is
+//! read, so the host never parses text. What depends on the order of steps (a container or
+//! exec must be created before a step names it) is checked by [`crate::load`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sim_agent::fault::Rule;
+use sim_agent::{AgentVersion, Op, SignalReaction};
 
 /// One scenario file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// A unique, file-name-like name.
+    #[serde(deserialize_with = "non_empty_string")]
+    #[schemars(length(min = 1))]
     pub name: String,
     /// What it shows.
     #[serde(default)]
@@ -49,7 +62,8 @@ pub struct Scenario {
     pub guest: Guest,
     /// Fault rules installed before the first step (the rule language of `docs/faults.md`).
     #[serde(default)]
-    pub faults: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub faults: Vec<Rule>,
     /// What happens, in order.
     pub steps: Vec<Step>,
     /// What must be true afterwards.
@@ -90,9 +104,11 @@ pub struct Config {
     /// File sharing.
     #[serde(default)]
     pub shared_fs: SharedFs,
-    /// The agent release the guest behaves as (default: the current agent).
+    /// The agent release the guest behaves as, `MAJOR.MINOR.PATCH` from 3.0.0 to the current
+    /// agent (the default).
     #[serde(default)]
-    pub agent_version: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub agent_version: Option<AgentVersion>,
 }
 
 /// The `guest` section.
@@ -117,12 +133,222 @@ pub struct Program {
     /// Its exit code.
     #[serde(default)]
     pub exit_code: i32,
-    /// How long it runs, in seconds; absent: until signalled.
+    /// How long it runs, in seconds (at most a day); absent: until signalled.
     #[serde(default)]
-    pub run_secs: Option<f64>,
-    /// `default`, `ignore`, or an exit code to exit with on a catchable signal.
+    pub run_secs: Option<RunSecs>,
+    /// What it does on a catchable signal.
     #[serde(default)]
-    pub on_signal: Option<String>,
+    pub on_signal: OnSignal,
+}
+
+/// What a scripted process does on a catchable signal: `default`, `ignore`, or an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnSignal {
+    /// The kernel's default (a container's pid 1 ignores signals it has no handler for).
+    #[default]
+    Default,
+    /// Ignore every catchable signal; only SIGKILL ends it.
+    Ignore,
+    /// Exit with this code.
+    Exit(i32),
+}
+
+impl From<OnSignal> for SignalReaction {
+    fn from(o: OnSignal) -> Self {
+        match o {
+            OnSignal::Default => SignalReaction::Default,
+            OnSignal::Ignore => SignalReaction::Ignore,
+            OnSignal::Exit(code) => SignalReaction::Exit(code),
+        }
+    }
+}
+
+impl Serialize for OnSignal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OnSignal::Default => s.serialize_str("default"),
+            OnSignal::Ignore => s.serialize_str("ignore"),
+            OnSignal::Exit(code) => s.serialize_i32(*code),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OnSignal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = OnSignal;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("default, ignore or an exit code")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OnSignal, E> {
+                match v {
+                    "default" => Ok(OnSignal::Default),
+                    "ignore" => Ok(OnSignal::Ignore),
+                    _ => match v.parse::<i32>() {
+                        Ok(code) => Ok(OnSignal::Exit(code)),
+                        Err(_) => Err(E::custom(
+                            match sim_agent::op::suggest(v, ["default", "ignore"]) {
+                                Some(n) => format!(
+                                    "unknown on_signal {v:?}: did you mean {n:?}? (expected default, ignore or an exit code)"
+                                ),
+                                None => format!(
+                                    "unknown on_signal {v:?}: expected default, ignore or an exit code"
+                                ),
+                            },
+                        )),
+                    },
+                }
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<OnSignal, E> {
+                i32::try_from(v)
+                    .map(OnSignal::Exit)
+                    .map_err(|_| E::custom(format!("exit code {v} is out of range")))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<OnSignal, E> {
+                i32::try_from(v)
+                    .map(OnSignal::Exit)
+                    .map_err(|_| E::custom(format!("exit code {v} is out of range")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for OnSignal {
+    fn schema_name() -> Cow<'static, str> {
+        "OnSignal".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`default`, `ignore`, or an exit code to exit with on a catchable signal.",
+            "oneOf": [
+                { "type": "string", "enum": ["default", "ignore"] },
+                { "type": "integer", "format": "int32" }
+            ]
+        })
+    }
+}
+
+/// A number of seconds from 0 to `MAX`: not negative, NaN or infinite, so it always fits a
+/// clock.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Seconds<const MAX: u64>(f64);
+
+/// `advance_time`: at most a step's limit ([`crate::host::STEP_LIMIT`]).
+pub type StepSecs = Seconds<{ crate::host::STEP_LIMIT.as_secs() }>;
+
+/// `run_secs`: at most a day, as fault durations ([`sim_agent::fault::rule::MAX_DURATION`]).
+pub type RunSecs = Seconds<{ sim_agent::fault::rule::MAX_DURATION.as_secs() }>;
+
+impl<const MAX: u64> Seconds<MAX> {
+    /// The seconds as written.
+    pub fn secs(self) -> f64 {
+        self.0
+    }
+
+    /// As a duration.
+    pub fn duration(self) -> Duration {
+        // In range by construction.
+        Duration::from_secs_f64(self.0)
+    }
+}
+
+impl<const MAX: u64> TryFrom<f64> for Seconds<MAX> {
+    type Error = String;
+
+    fn try_from(secs: f64) -> Result<Self, String> {
+        if secs.is_finite() && (0.0..=MAX as f64).contains(&secs) {
+            Ok(Seconds(secs))
+        } else {
+            Err(format!(
+                "{secs:?} is out of range: expected 0 to {MAX} seconds"
+            ))
+        }
+    }
+}
+
+impl<const MAX: u64> From<Seconds<MAX>> for f64 {
+    fn from(s: Seconds<MAX>) -> f64 {
+        s.0
+    }
+}
+
+impl<const MAX: u64> JsonSchema for Seconds<MAX> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        format!("Seconds{MAX}").into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "number", "minimum": 0, "maximum": MAX })
+    }
+}
+
+/// The `termination_message_policy` of a container, spelt as in Kubernetes (case-sensitive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+pub enum TerminationMessagePolicy {
+    /// The message is the file's content.
+    #[default]
+    File,
+    /// The file, or the container log's tail when the file is empty and the container failed.
+    FallbackToLogsOnError,
+}
+
+impl TerminationMessagePolicy {
+    /// Its name, as the annotation carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminationMessagePolicy::File => "File",
+            TerminationMessagePolicy::FallbackToLogsOnError => "FallbackToLogsOnError",
+        }
+    }
+}
+
+fn non_empty_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Err(serde::de::Error::custom("must not be empty"));
+    }
+    Ok(s)
+}
+
+fn non_empty_args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    if v.is_empty() {
+        return Err(serde::de::Error::custom(
+            "must not be empty: a command line needs a program",
+        ));
+    }
+    Ok(v)
+}
+
+/// The JSON Schema of an [`Op`] (one definition, `Op`): the name of an agent RPC or a
+/// hypervisor operation.
+struct OpName;
+
+impl JsonSchema for OpName {
+    fn schema_name() -> Cow<'static, str> {
+        "Op".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = Op::all().map(Op::name).collect();
+        json_schema!({
+            "description": "An agent RPC or a hypervisor operation, as the trace names it.",
+            "type": "string",
+            "enum": names
+        })
+    }
 }
 
 /// One step. Host actions go through the persona; guest events act on the guest directly.
@@ -165,12 +391,12 @@ pub enum Step {
     WriteTerminationMessage(TerminationMessage),
     /// Guest: delete the file behind a container's termination-message mount.
     RemoveTerminationMessage(String),
-    /// Let this many seconds pass on the clock (monitors and health checks run).
-    AdvanceTime(f64),
+    /// Let this many seconds pass on the clock (monitors and health checks run), at most 3600.
+    AdvanceTime(StepSecs),
     /// Install a fault rule now.
-    AddFault(String),
+    AddFault(#[schemars(with = "String")] Rule),
     /// Remove every fault rule installed so far whose text is this one.
-    RemoveFault(String),
+    RemoveFault(#[schemars(with = "String")] Rule),
 }
 
 /// `create_sandbox`.
@@ -192,6 +418,8 @@ pub struct ContainerSpec {
     /// The container id.
     pub id: String,
     /// Its command line.
+    #[serde(deserialize_with = "non_empty_args")]
+    #[schemars(length(min = 1))]
     pub args: Vec<String>,
     /// OCI annotations.
     #[serde(default)]
@@ -204,7 +432,7 @@ pub struct ContainerSpec {
     pub termination_message_path: Option<String>,
     /// `File` (default) or `FallbackToLogsOnError`.
     #[serde(default)]
-    pub termination_message_policy: Option<String>,
+    pub termination_message_policy: Option<TerminationMessagePolicy>,
     /// Make the host path of the termination message unwritable (a directory stands there).
     #[serde(default)]
     pub host_file_unwritable: bool,
@@ -222,6 +450,8 @@ pub struct ExecSpec {
     /// The exec id.
     pub id: String,
     /// Its command line.
+    #[serde(deserialize_with = "non_empty_args")]
+    #[schemars(length(min = 1))]
     pub args: Vec<String>,
 }
 
@@ -309,12 +539,15 @@ pub struct Expect {
     /// `completed` or `incomplete`.
     #[serde(default)]
     pub teardown: Option<Teardown>,
-    /// Pairs `[A, B]`: the first A precedes the first B in the call record.
+    /// Pairs `[A, B]` of agent RPCs or hypervisor operations: the first A precedes the first
+    /// B in the call record.
     #[serde(default)]
-    pub order: Vec<[String; 2]>,
-    /// Calls that must never be made.
+    #[schemars(with = "Vec<[OpName; 2]>")]
+    pub order: Vec<[Op; 2]>,
+    /// Agent RPCs or hypervisor operations that must never be called.
     #[serde(default)]
-    pub absent: Vec<String>,
+    #[schemars(with = "Vec<OpName>")]
+    pub absent: Vec<Op>,
     /// How many faults fire.
     #[serde(default)]
     pub faults_fired: Option<usize>,

@@ -89,3 +89,56 @@ fn the_committed_json_schema_is_current() {
     .unwrap();
     assert_eq!(committed, kata_sim::schema::json_schema());
 }
+
+/// A 200 KB line is shown as a window around the column, with the caret under the value.
+#[test]
+fn a_long_line_is_cut_to_a_window_around_the_column() {
+    let padding = "x".repeat(200_000);
+    let text = format!(
+        "name: long\ndescription: {padding}\nsteps:\n  - create_sandbox: {{}}\n  - create_container: {{ id: c1, args: [true], annotations: {{ a: {padding} }}, bogus: 1 }} # {padding}\n"
+    );
+    let e = kata_sim::load::parse(std::path::Path::new("long.yaml"), &text).unwrap_err();
+    let line5 = text.lines().nth(4).unwrap();
+    let bogus = line5.find("bogus").unwrap() + 1;
+    assert_eq!((e.line, e.column), (5, bogus), "{}", e.message);
+    let rendered = e.to_string();
+    assert!(rendered.len() < 1_000, "{} bytes", rendered.len());
+    let lines: Vec<&str> = rendered.lines().collect();
+    let snippet = lines[lines.len() - 2];
+    let caret = lines[lines.len() - 1];
+    assert!(
+        snippet.starts_with("5 | ...") && snippet.ends_with("..."),
+        "{snippet}"
+    );
+    let at = caret.find('^').unwrap();
+    assert_eq!(&snippet[at..at + 5], "bogus", "{snippet}\n{caret}");
+}
+
+/// A file that cannot be read is located at the file alone (no `:0:0`).
+#[test]
+fn an_unreadable_file_is_located_at_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let e = kata_sim::load::load(&missing).unwrap_err();
+    assert_eq!((e.line, e.column), (0, 0));
+    let rendered = e.to_string();
+    assert!(
+        rendered.ends_with(&format!("  --> {}", missing.display())),
+        "{rendered}"
+    );
+    assert!(!rendered.contains(":0:0"), "{rendered}");
+}
+
+/// Duplicate keys name the key and both lines, not the YAML library's options.
+#[test]
+fn duplicate_keys_name_both_lines() {
+    let text = "name: a\nsteps:\n  - create_sandbox: { id: s1, id: s2 }\n";
+    let e = kata_sim::load::parse(std::path::Path::new("dup.yaml"), text).unwrap_err();
+    assert!(
+        e.message
+            .ends_with(r#"duplicate key "id": first on line 3, again on line 3"#),
+        "{}",
+        e.message
+    );
+    assert!(!e.to_string().contains("DuplicateKeyPolicy"), "{e}");
+}

@@ -358,3 +358,125 @@ async fn fault_commands_on_a_wrong_socket_end_with_a_message() {
     let (status, log) = stop(child, log, nix::sys::signal::Signal::SIGINT).await;
     assert!(status.success(), "{log}");
 }
+
+/// A hypervisor socket or state dir in a directory that does not exist: the start fails
+/// naming that directory, creates nothing, and removes the state dir it made.
+#[test]
+fn a_missing_directory_is_named_and_never_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let socket = dir.path().join("hv.sock");
+    let state = dir.path().join("state");
+    for (args, named) in [
+        // The default state dir (`vms/` beside the socket) is the first to miss its parent.
+        (vec![missing.join("hv.sock")], missing.clone()),
+        (
+            vec![missing.join("hv.sock"), "--state-dir".into(), state.clone()],
+            missing.clone(),
+        ),
+        (
+            vec![
+                socket.clone(),
+                "--state-dir".into(),
+                missing.join("x/state"),
+            ],
+            missing.join("x"),
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+            .args(["serve", "--hypervisor-socket"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("the directory {} does not exist", named.display())),
+            "{args:?}: {err}"
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+        assert!(!socket.exists(), "{args:?}: {err}");
+        assert!(
+            !state.exists(),
+            "{args:?}: the state dir it made stays: {err}"
+        );
+    }
+}
+
+/// The inline code spans of `text`.
+fn code_spans(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+/// Every command of docs/faults.md runs as written, with its `/run/kata-sim` in a temp dir:
+/// the `kata-sim serve` of its shell block, each `kata-sim fault` command, every example rule,
+/// and the parse error it shows.
+#[tokio::test]
+async fn the_commands_of_docs_faults_md_run_as_written() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/faults.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let here = |s: &str| s.replace("/run/kata-sim", &run.display().to_string());
+    let words = |s: &str| shlex::split(&here(s)).unwrap_or_else(|| panic!("bad quoting: {s}"));
+    let kata_sim = |args: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+
+    let (_, block) = doc.split_once("```sh\n").expect("a shell block");
+    let (block, _) = block.split_once("\n```").unwrap();
+    let serve = words(&block.replace("\\\n", " "));
+    assert_eq!(&serve[..2], ["kata-sim", "serve"], "{block}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+        .args(&serve[1..])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = follow_log(&mut child);
+
+    let commands: Vec<&str> = code_spans(&doc)
+        .into_iter()
+        // Not the synopsis (`add|remove|...`) nor one with a placeholder (`PATH`, `RULE`).
+        .filter(|c| {
+            let placeholder = |w: &str| w.len() > 1 && w.bytes().all(|b| b.is_ascii_uppercase());
+            c.starts_with("kata-sim fault ")
+                && !c.contains('|')
+                && !c.split([' ', '[', ']']).any(placeholder)
+        })
+        .collect();
+    assert!(!commands.is_empty(), "no kata-sim fault command in the doc");
+    let control = run.join("control.sock").display().to_string();
+    let (_, examples) = doc.split_once("\nExamples: ").expect("the examples");
+    let (examples, _) = examples.split_once("\n\n").unwrap();
+    let rules = code_spans(examples);
+    assert!(rules.len() >= 5, "{examples}");
+    for c in commands {
+        let out = kata_sim(&words(c)[1..]);
+        assert!(out.status.success(), "`{c}`: {out:?}");
+    }
+    for rule in rules {
+        let args = ["fault", "add", "--control", &control, rule].map(String::from);
+        let out = kata_sim(&args);
+        assert!(out.status.success(), "`{rule}`: {out:?}");
+    }
+    // The parse error the doc shows, up to its `...`.
+    let (_, error) = doc.split_once("```text\ncolumn 7").unwrap();
+    let first_line = format!("column 7{}", error.lines().next().unwrap());
+    let shown = first_line.trim_end_matches("...").trim_end_matches(", ");
+    let args = ["fault", "add", "--control", &control, "Check=explode"].map(String::from);
+    let out = kata_sim(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(shown), "{shown:?} in {err}");
+
+    let (status, log) = stop(child, log, nix::sys::signal::Signal::SIGTERM).await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("agent_version=3.19.1"), "{log}");
+}

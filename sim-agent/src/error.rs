@@ -134,28 +134,31 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// Every status code, in numeric order.
+pub const CODES: [Code; 17] = [
+    Code::OK,
+    Code::CANCELLED,
+    Code::UNKNOWN,
+    Code::INVALID_ARGUMENT,
+    Code::DEADLINE_EXCEEDED,
+    Code::NOT_FOUND,
+    Code::ALREADY_EXISTS,
+    Code::PERMISSION_DENIED,
+    Code::RESOURCE_EXHAUSTED,
+    Code::FAILED_PRECONDITION,
+    Code::ABORTED,
+    Code::OUT_OF_RANGE,
+    Code::UNIMPLEMENTED,
+    Code::INTERNAL,
+    Code::UNAVAILABLE,
+    Code::DATA_LOSS,
+    Code::UNAUTHENTICATED,
+];
+
 /// Parses a code name such as `NOT_FOUND` (case-insensitive).
 pub fn code_from_name(name: &str) -> Option<Code> {
-    const ALL: [Code; 17] = [
-        Code::OK,
-        Code::CANCELLED,
-        Code::UNKNOWN,
-        Code::INVALID_ARGUMENT,
-        Code::DEADLINE_EXCEEDED,
-        Code::NOT_FOUND,
-        Code::ALREADY_EXISTS,
-        Code::PERMISSION_DENIED,
-        Code::RESOURCE_EXHAUSTED,
-        Code::FAILED_PRECONDITION,
-        Code::ABORTED,
-        Code::OUT_OF_RANGE,
-        Code::UNIMPLEMENTED,
-        Code::INTERNAL,
-        Code::UNAVAILABLE,
-        Code::DATA_LOSS,
-        Code::UNAUTHENTICATED,
-    ];
-    ALL.into_iter()
+    CODES
+        .into_iter()
         .find(|c| code_name(*c).eq_ignore_ascii_case(name))
 }
 

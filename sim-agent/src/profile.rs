@@ -13,8 +13,15 @@ use crate::rpc::Method;
 pub struct AgentVersion(pub u32, pub u32, pub u32);
 
 impl AgentVersion {
-    /// The agent kata-sim models by default (upstream HEAD, VERSION 4.1.0).
+    /// The agent kata-sim models by default (upstream HEAD, VERSION 4.1.0), and the newest
+    /// release it accepts.
     pub const CURRENT: AgentVersion = AgentVersion(4, 1, 0);
+
+    /// The oldest release kata-sim accepts: the start of the 3.x series. The oldest row of
+    /// [`BOUNDARIES`] (SetPolicy, 3.3.0) is in that series, so the table says how every 3.x
+    /// agent differs from the current one; of 2.x (a different agent and protocol generation)
+    /// it models nothing, and a version there would silently run as a 3.x agent.
+    pub const OLDEST: AgentVersion = AgentVersion(BOUNDARIES[0].since.0, 0, 0);
 }
 
 impl Default for AgentVersion {
@@ -29,28 +36,56 @@ impl fmt::Display for AgentVersion {
     }
 }
 
-/// A version string that is not `MAJOR.MINOR.PATCH`.
+/// A version string kata-sim cannot model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid agent version {0:?}: expected MAJOR.MINOR.PATCH, e.g. 3.19.1")]
-pub struct BadVersion(pub String);
+pub enum BadVersion {
+    /// Not `MAJOR.MINOR.PATCH` (three whole numbers).
+    #[error("invalid agent version {0:?}: expected a release MAJOR.MINOR.PATCH, such as 3.19.1")]
+    Malformed(String),
+    /// A release outside [`AgentVersion::OLDEST`]..=[`AgentVersion::CURRENT`].
+    #[error(
+        "agent version {0} is not a release kata-sim models: expected {oldest} to {current}",
+        oldest = AgentVersion::OLDEST,
+        current = AgentVersion::CURRENT
+    )]
+    OutOfRange(AgentVersion),
+}
 
 impl FromStr for AgentVersion {
     type Err = BadVersion;
 
+    /// Strict: exactly three dot-separated whole numbers (no `v`, no pre-release suffix), in
+    /// [`AgentVersion::OLDEST`]..=[`AgentVersion::CURRENT`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadVersion(s.to_string());
-        let core = s.trim().trim_start_matches('v');
-        let core = core.split(['-', '+']).next().unwrap_or(core);
-        let mut it = core.split('.').map(|p| p.parse::<u32>().map_err(|_| bad()));
-        let v = AgentVersion(
-            it.next().ok_or_else(bad)??,
-            it.next().unwrap_or(Ok(0))?,
-            it.next().unwrap_or(Ok(0))?,
-        );
-        if it.next().is_some() {
+        let bad = || BadVersion::Malformed(s.to_string());
+        let parts: Vec<&str> = s.split('.').collect();
+        let [major, minor, patch] = parts[..] else {
             return Err(bad());
+        };
+        let num = |p: &str| {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            p.parse::<u32>().map_err(|_| bad())
+        };
+        let v = AgentVersion(num(major)?, num(minor)?, num(patch)?);
+        if !(AgentVersion::OLDEST..=AgentVersion::CURRENT).contains(&v) {
+            return Err(BadVersion::OutOfRange(v));
         }
         Ok(v)
+    }
+}
+
+impl serde::Serialize for AgentVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AgentVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -130,12 +165,43 @@ mod tests {
             AgentVersion(3, 19, 1)
         );
         assert_eq!(
-            "v4.1.0-rc1".parse::<AgentVersion>().unwrap(),
-            AgentVersion(4, 1, 0)
+            "4.1.0".parse::<AgentVersion>().unwrap(),
+            AgentVersion::CURRENT
         );
-        assert!("three".parse::<AgentVersion>().is_err());
-        assert!("1.2.3.4".parse::<AgentVersion>().is_err());
+        for bad in [
+            "three",
+            "1.2.3.4",
+            "9.9",
+            "3",
+            "v4.1.0",
+            "4.1.0-rc1",
+            "3.+1.0",
+            "3..1",
+            "",
+        ] {
+            assert_eq!(
+                bad.parse::<AgentVersion>(),
+                Err(BadVersion::Malformed(bad.into())),
+                "{bad}"
+            );
+        }
         assert!(AgentVersion(3, 19, 1) < AgentVersion(3, 27, 0));
+    }
+
+    #[test]
+    fn only_modelled_releases_are_accepted() {
+        let e = "99.0.0".parse::<AgentVersion>().unwrap_err();
+        assert_eq!(e, BadVersion::OutOfRange(AgentVersion(99, 0, 0)));
+        assert_eq!(
+            e.to_string(),
+            "agent version 99.0.0 is not a release kata-sim models: expected 3.0.0 to 4.1.0"
+        );
+        assert!("2.5.2".parse::<AgentVersion>().is_err());
+        assert!("4.1.1".parse::<AgentVersion>().is_err());
+        assert_eq!("3.0.0".parse::<AgentVersion>(), Ok(AgentVersion::OLDEST));
+        // The oldest boundary is inside the accepted range.
+        assert!(BOUNDARIES.iter().all(|b| b.since >= AgentVersion::OLDEST));
+        assert!(BOUNDARIES.iter().all(|b| b.since <= AgentVersion::CURRENT));
     }
 
     #[test]

@@ -73,12 +73,31 @@ pub struct Fleet {
 
 impl Fleet {
     /// A fleet whose state directory exists and is writable (checked now, so that a bad
-    /// directory is a clear error at start rather than a failed `CreateVM` later).
+    /// directory is a clear error at start rather than a failed `CreateVM` later). A missing
+    /// state directory is made, but never its parents: a typo must not create directories.
     pub fn new(mut config: FleetConfig) -> Result<Self> {
         let dir = &config.state_dir;
-        std::fs::create_dir_all(dir).map_err(|e| {
-            HypervisorError::Io(format!("state dir {}: cannot create: {e}", dir.display()))
-        })?;
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = dir
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                return Err(HypervisorError::Io(format!(
+                    "state dir {}: cannot create: the directory {} does not exist",
+                    dir.display(),
+                    parent.display()
+                )));
+            }
+            Err(e) => {
+                return Err(HypervisorError::Io(format!(
+                    "state dir {}: cannot create: {e}",
+                    dir.display()
+                )));
+            }
+        }
         let dir = std::fs::canonicalize(dir).map_err(|e| {
             HypervisorError::Io(format!("state dir {}: {e}", config.state_dir.display()))
         })?;

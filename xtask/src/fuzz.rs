@@ -25,46 +25,32 @@ const TARGETS: &[&str] = &["frame", "dispatch", "handshake", "scenario", "rule",
 const NOBODY: &str = "65534";
 
 /// Options of `cargo xtask fuzz`.
+#[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Seconds per target.
+    /// Time per target: 60, 90s, 2m or 1h.
+    #[arg(long = "time", value_name = "S", default_value = "60", value_parser = seconds)]
     pub seconds: u64,
-    /// The targets (all when empty).
+    /// A target to run (repeatable; default: every target).
+    #[arg(long = "target", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(TARGETS))]
     pub targets: Vec<String>,
     /// Merge the new inputs into the committed corpus, minimised.
+    #[arg(long)]
     pub merge: bool,
 }
 
+/// A duration (`90s`, `2m`) as whole seconds, at least one.
+fn seconds(s: &str) -> anyhow::Result<u64> {
+    Ok(crate::soak::parse_duration(s)?.as_secs().max(1))
+}
+
 impl Options {
-    /// Parses the arguments after `fuzz`.
-    pub fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Options {
-            seconds: 60,
-            targets: Vec::new(),
-            merge: false,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--time" => {
-                    let v = it.next().context("--time needs a number of seconds")?;
-                    o.seconds = crate::soak::parse_duration(v)?.as_secs().max(1);
-                }
-                "--target" => o
-                    .targets
-                    .push(it.next().context("--target needs a name")?.clone()),
-                "--merge" => o.merge = true,
-                other => bail!("unknown fuzz option {other:?}"),
-            }
+    /// The targets to run: those given, or every target.
+    pub fn targets(&self) -> Vec<String> {
+        if self.targets.is_empty() {
+            TARGETS.iter().map(|t| t.to_string()).collect()
+        } else {
+            self.targets.clone()
         }
-        for t in &o.targets {
-            if !TARGETS.contains(&t.as_str()) {
-                bail!("no fuzz target {t:?} (targets: {})", TARGETS.join(", "));
-            }
-        }
-        if o.targets.is_empty() {
-            o.targets = TARGETS.iter().map(|t| t.to_string()).collect();
-        }
-        Ok(o)
     }
 }
 
@@ -178,9 +164,11 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo fuzz build failed: {status}");
     }
-    let bin_dir = fuzz.join("target/x86_64-unknown-linux-gnu/release");
+    // cargo-fuzz builds into the fuzz package's target directory (CARGO_TARGET_DIR too).
+    let bin_dir =
+        crate::target_dir_of(crate::cargo(), &fuzz)?.join("x86_64-unknown-linux-gnu/release");
     let mut reports = Vec::new();
-    for target in &o.targets {
+    for target in &o.targets() {
         let corpus = fuzz.join("corpus").join(target);
         let scratch = fuzz.join("target/work").join(target);
         let work = scratch.join("corpus");

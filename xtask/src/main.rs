@@ -14,34 +14,85 @@
 mod fuzz;
 mod soak;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// Project automation for kata-sim.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run what CI runs: format check, clippy (warnings denied), the tests (insta in check
+    /// mode), the docs (warnings denied) and every bench once.
+    Ci,
+    /// Run the criterion benches, print ratios against baselines measured in the same run and
+    /// write them to docs/performance.md.
+    BenchReport {
+        /// Brief measurements, and only the benches the report reads.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Run every cargo-fuzz target (nightly) and report runs, exec/s and crashes.
+    Fuzz(fuzz::Options),
+    /// Run random pod lifecycles with faults against `kata-sim serve` and report throughput,
+    /// latency, memory, fds and leftovers.
+    Soak(soak::Options),
+}
 
 fn main() -> anyhow::Result<()> {
-    let task = std::env::args().nth(1).unwrap_or_default();
-    match task.as_str() {
-        "ci" => ci(),
-        "bench-report" => bench_report(std::env::args().any(|a| a == "--quick")),
-        "fuzz" => fuzz::run(&fuzz::Options::parse(&rest())?),
-        "soak" => soak::run(&soak::Options::parse(&rest())?),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask ci | bench-report [--quick] | fuzz [--time S] [--target NAME]... [--merge] | soak [--duration D] [--seed N] [--concurrency C] [--release]"
-            );
-            bail!("unknown task {task:?}")
-        }
+    match Cli::parse().task {
+        Task::Ci => ci(),
+        Task::BenchReport { quick } => bench_report(quick),
+        Task::Fuzz(o) => fuzz::run(&o),
+        Task::Soak(o) => soak::run(&o),
     }
 }
 
-/// The arguments after the task's name.
-fn rest() -> Vec<String> {
-    std::env::args().skip(2).collect()
+/// `cargo` (the one running this, when there is one).
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// The workspace's target directory as cargo resolves it (`CARGO_TARGET_DIR`,
+/// `build.target-dir`, or `target/`).
+fn target_dir() -> anyhow::Result<PathBuf> {
+    target_dir_of(cargo(), &root())
+}
+
+/// The target directory `cargo metadata` reports for the package or workspace in `dir`, run
+/// as `cargo` is set up.
+fn target_dir_of(mut cargo: Command, dir: &Path) -> anyhow::Result<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        target_directory: PathBuf,
+    }
+    let out = cargo
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(dir)
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let m: Metadata =
+        serde_json::from_slice(&out.stdout).context("reading cargo metadata's answer")?;
+    Ok(m.target_directory)
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let status = cargo()
         .args(args)
         .envs(env.iter().copied())
         .status()
@@ -78,19 +129,17 @@ fn ci() -> anyhow::Result<()> {
 }
 
 /// The workspace root (xtask lives one level below it).
-fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .map(std::path::Path::to_path_buf)
+        .map(Path::to_path_buf)
         .unwrap_or_default()
 }
 
-/// The median of one criterion benchmark, in nanoseconds.
-fn median_ns(id: &str) -> anyhow::Result<f64> {
-    let path = root()
-        .join("target/criterion")
-        .join(id)
-        .join("new/estimates.json");
+/// The median of one criterion benchmark (under `criterion`, criterion's output directory),
+/// in nanoseconds.
+fn median_in(criterion: &Path, id: &str) -> anyhow::Result<f64> {
+    let path = criterion.join(id).join("new/estimates.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
@@ -186,7 +235,12 @@ fn bench_report(quick: bool) -> anyhow::Result<()> {
     } else {
         "/tmp"
     };
-    run(&args, &[("TMPDIR", tmp)])?;
+    // Criterion writes under the target directory; the lifecycle bench writes its own files
+    // beside (CRITERION_HOME), wherever CARGO_TARGET_DIR or the configuration puts it.
+    let criterion = target_dir()?.join("criterion");
+    let home = criterion.to_string_lossy().into_owned();
+    run(&args, &[("TMPDIR", tmp), ("CRITERION_HOME", &home)])?;
+    let median_ns = |id: &str| median_in(&criterion, id);
 
     let check_unix = median_ns("rpc_unix/check")?;
     let check_hv = median_ns("rpc_hvsock/check")?;
@@ -206,12 +260,11 @@ fn bench_report(quick: bool) -> anyhow::Result<()> {
                 .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml"))
         })
         .count();
-    let rss: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        root().join("target/criterion/scale-rss.json"),
-    )?)?;
+    let rss: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(criterion.join("scale-rss.json"))?)?;
     let rss1000 = rss["1000"].as_f64().unwrap_or(f64::NAN) / 1024.0;
     let phases: Vec<Phase> = serde_json::from_str(&std::fs::read_to_string(
-        root().join("target/criterion/lifecycle-phases.json"),
+        criterion.join("lifecycle-phases.json"),
     )?)?;
     let trips: u32 = phases.iter().map(|p| p.round_trips).sum();
     let transport_floor = f64::from(trips) * check_unix;
@@ -454,3 +507,108 @@ per sandbox: 1,000 sandboxes took 15.5 MiB); the table is now built once per pro
 agent travels with each call.\n\n\
 A fair target for this lifecycle is its round trips plus the in-process work; the table gives \
 both, and a regression in either shows there.\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_is_help_for_the_tool_and_every_task() {
+        for args in [
+            &["--help"][..],
+            &["help"],
+            &["bench-report", "--help"],
+            &["ci", "--help"],
+            &["fuzz", "--help"],
+            &["soak", "-h"],
+        ] {
+            let e = parse(args).expect_err("help is not a task to run");
+            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}: {e}");
+        }
+        let help = Cli::command().render_long_help().to_string();
+        for task in ["ci", "bench-report", "fuzz", "soak"] {
+            assert!(help.contains(task), "{help}");
+        }
+    }
+
+    #[test]
+    fn tasks_and_their_options_parse() {
+        assert!(matches!(
+            parse(&["bench-report", "--quick"]).unwrap().task,
+            Task::BenchReport { quick: true }
+        ));
+        let Task::Fuzz(f) = parse(&["fuzz", "--time", "2m", "--target", "rule"])
+            .unwrap()
+            .task
+        else {
+            panic!("not fuzz")
+        };
+        assert_eq!((f.seconds, f.targets()), (120, vec!["rule".to_string()]));
+        let Task::Fuzz(all) = parse(&["fuzz"]).unwrap().task else {
+            panic!("not fuzz")
+        };
+        assert_eq!((all.seconds, all.targets().len()), (60, 6));
+        let Task::Soak(s) = parse(&["soak", "--duration", "90s", "--concurrency", "3"])
+            .unwrap()
+            .task
+        else {
+            panic!("not soak")
+        };
+        assert_eq!(s.duration, std::time::Duration::from_secs(90));
+        assert_eq!((s.concurrency.get(), s.seed, s.release), (3, None, false));
+    }
+
+    #[test]
+    fn mistakes_are_errors_naming_what_is_accepted() {
+        let e = parse(&["bench-reprt"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidSubcommand);
+        assert!(e.to_string().contains("bench-report"), "{e}");
+        let e = parse(&["fuzz", "--target", "rules"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+        assert!(e.to_string().contains("rule"), "{e}");
+        assert_eq!(
+            parse(&["soak", "--concurrency", "0"]).unwrap_err().kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            parse(&["soak", "--duration", "2 weeks"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            parse(&[]).unwrap_err().kind(),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+    }
+
+    #[test]
+    fn the_target_directory_follows_cargo_target_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut elsewhere = cargo();
+        elsewhere.env("CARGO_TARGET_DIR", dir.path());
+        assert_eq!(target_dir_of(elsewhere, &root()).unwrap(), dir.path());
+        let mut default = cargo();
+        default.env_remove("CARGO_TARGET_DIR");
+        let default = target_dir_of(default, &root()).unwrap();
+        assert!(default.ends_with("target"), "{}", default.display());
+        // The fuzz package is a workspace of its own, with its own target directory.
+        let mut fuzz = cargo();
+        fuzz.env("CARGO_TARGET_DIR", dir.path());
+        assert_eq!(
+            target_dir_of(fuzz, &root().join("fuzz")).unwrap(),
+            dir.path()
+        );
+    }
+}

@@ -28,17 +28,20 @@ use rand_chacha::rand_core::{RngCore as _, SeedableRng as _};
 use sim_agent::{Agent, RemoteAgent, requests};
 use sim_hypervisor::{Hypervisor, HypervisorConfig, Network, RemoteHypervisor};
 
-use crate::root;
-
 /// Options of `cargo xtask soak`.
+#[derive(Debug, clap::Args)]
 pub struct Options {
-    /// How long the load runs.
+    /// How long the load runs: 90, 90s, 2m, 1h or 500ms.
+    #[arg(long, value_name = "D", default_value = "2m", value_parser = parse_duration)]
     pub duration: Duration,
-    /// The seed of every choice (printed).
-    pub seed: u64,
+    /// The seed of every choice (printed; default: the time).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
     /// Pods in flight at once.
-    pub concurrency: usize,
+    #[arg(long, value_name = "C", default_value = "64")]
+    pub concurrency: std::num::NonZeroUsize,
     /// Build and run a release `kata-sim`.
+    #[arg(long)]
     pub release: bool,
 }
 
@@ -58,35 +61,6 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         "h" => Duration::from_secs(n * 3600),
         _ => bail!("bad duration unit in {s:?} (ms, s, m or h)"),
     })
-}
-
-impl Options {
-    /// Parses the arguments after `soak`.
-    pub fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Options {
-            duration: Duration::from_secs(120),
-            seed: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs()),
-            concurrency: 64,
-            release: false,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = || it.next().with_context(|| format!("{a} needs a value"));
-            match a.as_str() {
-                "--duration" => o.duration = parse_duration(value()?)?,
-                "--seed" => o.seed = value()?.parse().context("--seed")?,
-                "--concurrency" => o.concurrency = value()?.parse().context("--concurrency")?,
-                "--release" => o.release = true,
-                other => bail!("unknown soak option {other:?}"),
-            }
-        }
-        if o.concurrency == 0 {
-            bail!("--concurrency must be at least 1");
-        }
-        Ok(o)
-    }
 }
 
 /// The fault a pod carries.
@@ -479,13 +453,17 @@ fn ms(d: Duration) -> String {
 
 /// Runs `cargo xtask soak`.
 pub fn run(o: &Options) -> anyhow::Result<()> {
+    let seed = o.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
     let mut build = vec!["build", "--quiet", "-p", "kata-sim", "--bin", "kata-sim"];
     if o.release {
         build.push("--release");
     }
     crate::run(&build, &[])?;
-    let binary = root()
-        .join("target")
+    let binary = crate::target_dir()?
         .join(if o.release { "release" } else { "debug" })
         .join("kata-sim");
     let dir = tempfile::Builder::new()
@@ -499,8 +477,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     std::fs::write(&term_file, b"")?;
     println!(
         "soak: seed {}, {} pods in flight, {} s, kata-sim {} in {}",
-        o.seed,
-        o.concurrency,
+        seed,
+        o.concurrency.get(),
         o.duration.as_secs(),
         if o.release { "release" } else { "debug" },
         dir.path().display()
@@ -510,7 +488,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         .arg(&socket)
         .arg("--state-dir")
         .arg(&state)
-        .args(["--seed", &o.seed.to_string()])
+        .args(["--seed", &seed.to_string()])
         // Guest roots and anything else the server puts in a temporary directory.
         .env("TMPDIR", &tmp)
         // Its readiness line and per-VM lines, and every warning and error.
@@ -555,7 +533,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let load = Arc::new(Load {
         socket: socket.clone(),
         term_file,
-        seed: o.seed,
+        seed,
         deadline: start + o.duration,
         next: AtomicU64::new(0),
         faulty_vms: Mutex::new((0..FAULTY_VMS).collect()),
@@ -567,7 +545,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (warm, loaded, peak) = rt.block_on(async {
-        let workers: Vec<_> = (0..o.concurrency)
+        let workers: Vec<_> = (0..o.concurrency.get())
             .map(|_| tokio::spawn(worker(Arc::clone(&load))))
             .collect();
         tokio::time::sleep(warmup).await;
@@ -696,9 +674,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         missed.push("no pod completed".into());
     }
     if missed.is_empty() {
-        println!("soak: every target met (seed {})", o.seed);
+        println!("soak: every target met (seed {})", seed);
         Ok(())
     } else {
-        bail!("soak (seed {}): {}", o.seed, missed.join("; "))
+        bail!("soak (seed {}): {}", seed, missed.join("; "))
     }
 }

@@ -511,10 +511,9 @@ pub fn rule(data: &[u8]) {
             }
             let engine = FaultEngine::new(7);
             engine.add(&text).expect("a parsed rule installs");
-            let target = if rule.target == "*" {
-                "Check"
-            } else {
-                rule.target.as_str()
+            let target = match rule.target {
+                sim_agent::fault::rule::Target::Any => "Check",
+                t => t.name(),
             };
             // The call carries the fields the filters name, so the rule matches it.
             let fields: Vec<(&'static str, String)> = rule

@@ -886,7 +886,7 @@ impl ProgressLine {
                     Verdict::Ok => ("ok     ", AnsiColor::Green.on_default()),
                     Verdict::Failed => ("FAILED ", AnsiColor::Red.on_default().bold()),
                     Verdict::Invalid => ("INVALID", AnsiColor::Red.on_default().bold()),
-                    Verdict::NotRun => ("NOT RUN", AnsiColor::Yellow.on_default()),
+                    Verdict::Skipped => ("SKIPPED", AnsiColor::Yellow.on_default()),
                 };
                 let word = if self.color {
                     format!("{style}{word}{style:#}")
@@ -976,7 +976,7 @@ fn run(
     if let Some(sig) = kata_sim::exec::interrupted() {
         let ran = reports
             .iter()
-            .filter(|r| r.verdict() != Verdict::NotRun)
+            .filter(|r| r.verdict() != Verdict::Skipped)
             .count();
         eprintln!(
             "interrupted by {sig}: {ran} of {} scenarios run",
@@ -992,7 +992,7 @@ fn exit_of(reports: &[Report]) -> ExitCode {
     let worst = reports.iter().map(Report::verdict).max();
     match worst {
         Some(Verdict::Invalid) => ExitCode::from(BAD_INPUT),
-        Some(Verdict::Failed | Verdict::NotRun) => ExitCode::FAILURE,
+        Some(Verdict::Failed | Verdict::Skipped) => ExitCode::FAILURE,
         Some(Verdict::Ok) | None => ExitCode::SUCCESS,
     }
 }

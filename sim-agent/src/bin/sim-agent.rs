@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sim_agent::fault::FaultEngine;
+use sim_agent::server::transport::AgentAddr;
 use sim_agent::trace::SERVER_TRACE_LIMIT;
 use sim_agent::{AgentServer, AgentVersion, SimAgent, SimConfig};
 
@@ -18,15 +19,17 @@ struct Cli {
 enum Command {
     /// Serve the agent protocol until SIGINT (Ctrl-C), SIGTERM or DestroySandbox.
     Serve {
-        /// Address to listen on: unix://PATH, remote://PATH, mock://PATH, hvsock://PATH or
-        /// vsock://CID:PORT. Repeatable.
-        #[arg(long = "listen", required = true)]
-        listen: Vec<String>,
+        /// Address to listen on: unix://PATH (unix://@NAME: abstract), remote://PATH,
+        /// mock://PATH, hvsock://PATH[:PORT] or vsock://CID:PORT. Repeatable. A socket's
+        /// directory must exist.
+        #[arg(long = "listen", value_name = "URL", required = true)]
+        listen: Vec<AgentAddr>,
         /// Behave as this agent release (e.g. 3.19.1); default: the current agent.
         #[arg(long = "agent-version", default_value_t = AgentVersion::CURRENT)]
         agent_version: AgentVersion,
-        /// Host directory to use as the guest's `/` (default: a temporary directory).
-        #[arg(long)]
+        /// Host directory to use as the guest's `/` (default: a temporary directory); made if
+        /// missing, but its parent must exist.
+        #[arg(long, value_name = "DIR")]
         guest_root: Option<std::path::PathBuf>,
         /// Build with agent-policy: SetPolicy stores the policy instead of answering NOT_FOUND.
         #[arg(long)]
@@ -37,13 +40,39 @@ enum Command {
         /// The seed of every random choice (fault probabilities, /dev/urandom).
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Serve a fault control socket here (`kata-sim fault add --control PATH RULE`).
-        #[arg(long)]
+        /// Serve a fault control socket here (`kata-sim fault add --control PATH RULE`); its
+        /// directory must exist.
+        #[arg(long, value_name = "PATH")]
         control: Option<std::path::PathBuf>,
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; an error is printed as one message (with the causes it does not already
+/// say), without a backtrace, and the exit status is 1.
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", message(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `e` and each cause that its message does not already contain, joined by `: `.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
+fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -110,7 +139,8 @@ async fn run(command: Command, keep: &mut Option<SimAgent>) -> anyhow::Result<()
             };
             tracing::info!(root = %agent.guest_root().display(), version = %agent_version, "guest ready");
             // A listener that fails to bind leaves none of the others bound.
-            let server = AgentServer::bind(agent.clone(), &listen).await?;
+            let urls: Vec<String> = listen.iter().map(ToString::to_string).collect();
+            let server = AgentServer::bind(agent.clone(), &urls).await?;
             tokio::select! {
                 _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
                 _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),

@@ -456,6 +456,22 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_filter_key_is_refused_with_the_nearest() {
+        let engine = FaultEngine::new(0);
+        let r = handle(
+            &engine,
+            &Request::Add {
+                rule: "WaitProcess{container=c2}=hang".into(),
+            },
+        );
+        assert!(
+            matches!(&r, Response::Error { message } if message.starts_with(r#"column 13: unknown filter key "container" for WaitProcess: did you mean "container_id"?"#)),
+            "{r:?}"
+        );
+        assert!(engine.list().is_empty());
+    }
+
+    #[test]
     fn a_newline_in_a_rule_is_refused_and_runs_nothing_else() {
         let engine = FaultEngine::new(0);
         engine.add("Check=error(INTERNAL)").unwrap();

@@ -149,7 +149,7 @@ impl FaultEngine {
         let id = st.next_id;
         st.next_id += 1;
         st.by_target
-            .entry(rule.target.clone())
+            .entry(rule.target.name().to_string())
             .or_default()
             .push(id);
         st.rules.insert(
@@ -166,12 +166,19 @@ impl FaultEngine {
         }
     }
 
-    /// Installs a rule for the engine's lifetime (the CLI's `--fault`); returns its id.
+    /// Parses and installs a rule for the engine's lifetime (the control socket's `add`);
+    /// returns its id.
     pub fn add(&self, rule: &str) -> Result<RuleId, RuleError> {
-        let g = self.install(rule)?;
+        Ok(self.add_rule(rule.parse()?))
+    }
+
+    /// Installs a parsed rule for the engine's lifetime (a scenario's `faults`, the CLI's
+    /// `--fault`); returns its id.
+    pub fn add_rule(&self, rule: Rule) -> RuleId {
+        let g = self.install_rule(rule);
         let id = g.id();
         g.forget();
-        Ok(id)
+        id
     }
 
     /// Removes a rule; false if it was not installed.
@@ -180,10 +187,11 @@ impl FaultEngine {
         let Some(r) = st.rules.remove(&id) else {
             return false;
         };
-        if let Some(ids) = st.by_target.get_mut(&r.rule.target) {
+        let target = r.rule.target.name();
+        if let Some(ids) = st.by_target.get_mut(target) {
             ids.retain(|i| *i != id);
             if ids.is_empty() {
-                st.by_target.remove(&r.rule.target);
+                st.by_target.remove(target);
             }
         }
         true

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::error::AgentError;
 
 pub use engine::{FaultEngine, FaultGuard, Fired, RuleId};
-pub use rule::{Action, Rule, RuleError, Term};
+pub use rule::{Action, Rule, RuleError, Target, Term};
 
 /// A call as the fault engine sees it.
 #[derive(Debug, Clone)]

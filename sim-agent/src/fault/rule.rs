@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! RULE   := TARGET [ "{" FILTER ("," FILTER)* "}" ] "=" CHAIN
-//! TARGET := an agent RPC, a hypervisor operation, or "*"
+//! TARGET := an agent RPC, a hypervisor operation (but KillVM, Disconnect), or "*"
 //! FILTER := FIELD "=" VALUE            (VALUE may be empty or "quoted")
+//! FIELD  := a key field the target records ([`Op::key_fields`]), or "sandbox"
 //! CHAIN  := TERM ("->" TERM)*
 //! TERM   := [P "%"] [N "*"] ACTION
 //! ACTION := off | delay(DURATION[, JITTER]) | hang | error(CODE[, "MESSAGE"])
@@ -15,32 +16,98 @@
 //! Durations are a number with `us`, `ms`, `s` or `m` (`1.5s`, `200ms`), at most
 //! [`MAX_DURATION`] (a day); sizes a number with an optional `k`/`m` (KiB, MiB); counts a whole
 //! number below 2^64. Whitespace between tokens is ignored. A value out of range is an error
-//! at its column, never a wrapped or saturated value.
+//! at its column, never a wrapped or saturated value. A name that is not one of its closed set
+//! (a target, a filter key, an action, a status code) is an error at its column naming the
+//! nearest valid one ([`suggest`]), so a rule that parses is one that can fire.
 
 use std::fmt;
 use std::time::Duration;
 
 use ttrpc::Code;
 
-use crate::error::code_from_name;
-use crate::rpc::Method;
+use crate::error::{code_from_name, code_name};
+use crate::op::{Op, suggest};
 
-/// The hypervisor operations a rule can target (the remote protocol's and the in-process
-/// `Hypervisor` methods').
-pub const HYPERVISOR_TARGETS: &[&str] = &[
-    "CreateVM",
-    "StartVM",
-    "StopVM",
-    "PauseVM",
-    "SaveVM",
-    "ResumeVM",
-    "AddDevice",
-    "HotplugAddDevice",
-    "HotplugRemoveDevice",
-    "ResizeMemory",
-    "ResizeVCPUs",
-    "CheckVM",
+/// What a rule applies to: every call (`*`) or one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    /// `*`: every call.
+    Any,
+    /// One agent RPC or hypervisor operation (one the fault hook sees: [`Target::new`]).
+    Op(Op),
+}
+
+impl Target {
+    /// A target for `op`, if a rule can fault it (`KillVM` and `Disconnect` are only
+    /// recorded, no call passes the fault hook).
+    pub fn new(op: Op) -> Option<Target> {
+        match op {
+            Op::Vm(v) if !v.faultable() => None,
+            op => Some(Target::Op(op)),
+        }
+    }
+
+    /// Its name as the trace and [`super::CallInfo::target`] spell it, or `*`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Any => "*",
+            Target::Op(op) => op.name(),
+        }
+    }
+
+    /// The filter keys a rule on it may name: the key fields its calls record and `sandbox`;
+    /// for `*` the key fields of any operation.
+    pub fn filter_keys(self) -> Vec<&'static str> {
+        let mut keys: Vec<&'static str> = match self {
+            Target::Op(op) => op.key_fields(),
+            Target::Any => Op::all().flat_map(Op::key_fields).collect(),
+        };
+        keys.push("sandbox");
+        let mut seen = std::collections::BTreeSet::new();
+        keys.retain(|k| seen.insert(*k));
+        keys
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The action names, as written.
+pub const ACTIONS: &[&str] = &[
+    "off",
+    "delay",
+    "hang",
+    "error",
+    "drop",
+    "kill_guest",
+    "oom",
+    "restart_agent",
+    "slow",
+    "corrupt",
+    "deny",
+    "unimplemented",
 ];
+
+/// `unknown WHAT "word": did you mean "X"? (expected ACCEPTED)`, or without a near name
+/// `unknown WHAT "word": expected ACCEPTED`.
+fn unknown(what: &str, word: &str, nearest: Option<&str>, accepted: impl fmt::Display) -> String {
+    match nearest {
+        Some(n) => format!("unknown {what} {word:?}: did you mean {n:?}? (expected {accepted})"),
+        None => format!("unknown {what} {word:?}: expected {accepted}"),
+    }
+}
+
+/// `a, b or c`.
+fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
 
 /// The longest duration a rule may name (a delay, its jitter): one day. A delay plus its
 /// jitter therefore always fits any clock arithmetic.
@@ -131,8 +198,8 @@ pub struct Term {
 /// A parsed rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
-    /// The RPC or operation name, or `*`.
-    pub target: String,
+    /// The RPC or operation, or `*`.
+    pub target: Target,
     /// Field filters, all of which must match.
     pub filters: Vec<(String, String)>,
     /// The terms, applied in turn as their counts run out.
@@ -154,6 +221,19 @@ pub struct RuleError {
 }
 
 impl RuleError {
+    /// The one-line form a [`Rule`]'s serde `Deserialize` reports (`column N: message`), so a
+    /// loader can place the column inside the scalar it read ([`RuleError::split_column`]).
+    pub fn serde_message(&self) -> String {
+        format!("column {}: {}", self.column, self.message)
+    }
+
+    /// The column and message of a [`RuleError::serde_message`], if `msg` is one.
+    pub fn split_column(msg: &str) -> Option<(usize, &str)> {
+        let rest = msg.strip_prefix("column ")?;
+        let (n, message) = rest.split_once(": ")?;
+        Some((n.parse().ok()?, message))
+    }
+
     fn render(&self) -> String {
         format!(
             "column {}: {}\n  {}\n  {}^",
@@ -262,28 +342,45 @@ impl<'a> Parser<'a> {
         self.skip_ws();
         let start = self.pos;
         let target = if self.eat('*') {
-            "*".to_string()
+            Target::Any
         } else {
-            self.word()
+            let name = self.word();
+            if name.is_empty() {
+                return self.err(
+                    start,
+                    format!(
+                        "expected a target (an RPC, a hypervisor operation or \"*\"), found {}",
+                        describe(self.peek())
+                    ),
+                );
+            }
+            let op = match name.parse::<Op>() {
+                Ok(op) => op,
+                Err(e) => {
+                    return self.err(
+                        start,
+                        unknown(
+                            "target",
+                            &name,
+                            e.nearest,
+                            "an agent RPC such as CreateContainer, a hypervisor operation such as StartVM, or \"*\"",
+                        ),
+                    );
+                }
+            };
+            match Target::new(op) {
+                Some(t) => t,
+                None => {
+                    return self.err(
+                        start,
+                        format!(
+                            "{op} is recorded, cannot be faulted: no call passes the fault hook (to make the VM die, use the kill_guest action on another target)"
+                        ),
+                    );
+                }
+            }
         };
-        if target.is_empty() {
-            return self.err(
-                start,
-                format!(
-                    "expected a target (an RPC, a hypervisor operation or \"*\"), found {}",
-                    describe(self.peek())
-                ),
-            );
-        }
-        if target != "*"
-            && Method::from_wire_name(&target).is_none()
-            && !HYPERVISOR_TARGETS.contains(&target.as_str())
-        {
-            return self.err(
-                start,
-                format!("unknown target {target:?}: expected an agent RPC (such as CreateContainer), a hypervisor operation (such as StartVM) or \"*\""),
-            );
-        }
+        let keys = target.filter_keys();
         let mut filters = Vec::new();
         if self.eat('{') {
             loop {
@@ -294,6 +391,24 @@ impl<'a> Parser<'a> {
                     return self.err(
                         at,
                         format!("expected a field name, found {}", describe(self.peek())),
+                    );
+                }
+                if !keys.contains(&field.as_str()) {
+                    let what = match target {
+                        Target::Any => "any call",
+                        Target::Op(op) => op.name(),
+                    };
+                    let accepted = format!("the keys {what} records: {}", one_of(&keys));
+                    return self.err(
+                        at,
+                        match suggest(&field, keys.iter().copied()) {
+                            Some(n) => format!(
+                                "unknown filter key {field:?} for {target}: did you mean {n:?}? ({accepted})"
+                            ),
+                            None => {
+                                format!("unknown filter key {field:?} for {target}: expected {accepted}")
+                            }
+                        },
                     );
                 }
                 self.expect('=', &format!("after the field {field:?}"))?;
@@ -452,18 +567,23 @@ impl<'a> Parser<'a> {
             "error" => {
                 self.require_args(has_args, at, "error(CODE[, \"MESSAGE\"])")?;
                 let at = self.pos;
-                let code_name = self.word();
-                let code = code_from_name(&code_name).ok_or_else(|| RuleError {
+                let word = self.word();
+                let code = code_from_name(&word).ok_or_else(|| RuleError {
                     rule: self.text.to_string(),
                     column: at + 1,
-                    message: format!(
-                        "expected a status code name (such as UNAVAILABLE or INTERNAL), found {}",
-                        if code_name.is_empty() {
+                    message: if word.is_empty() {
+                        format!(
+                            "expected a status code name (such as UNAVAILABLE or INTERNAL), found {}",
                             describe(self.chars.get(at).copied())
-                        } else {
-                            format!("{code_name:?}")
-                        }
-                    ),
+                        )
+                    } else {
+                        unknown(
+                            "status code",
+                            &word,
+                            suggest(&word, crate::error::CODES.iter().map(|c| code_name(*c))),
+                            "a status code name such as UNAVAILABLE or INTERNAL",
+                        )
+                    },
                 })?;
                 let message = if self.eat(',') {
                     self.skip_ws();
@@ -498,7 +618,10 @@ impl<'a> Parser<'a> {
                                 if when.is_empty() {
                                     describe(self.peek())
                                 } else {
-                                    format!("{when:?}")
+                                    match suggest(&when, ["before", "after"]) {
+                                        Some(n) => format!("{when:?} (did you mean {n:?}?)"),
+                                        None => format!("{when:?}"),
+                                    }
                                 }
                             ),
                         );
@@ -528,8 +651,11 @@ impl<'a> Parser<'a> {
             other => {
                 return self.err(
                     at,
-                    format!(
-                        "unknown action {other:?}: expected off, delay, hang, error, drop, kill_guest, oom, restart_agent, slow, corrupt, deny or unimplemented"
+                    unknown(
+                        "action",
+                        other,
+                        suggest(other, ACTIONS.iter().copied()),
+                        one_of(ACTIONS),
                     ),
                 );
             }
@@ -626,9 +752,34 @@ impl fmt::Display for Rule {
     }
 }
 
+impl TryFrom<String> for Rule {
+    type Error = RuleError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// A rule serializes as its text.
+impl serde::Serialize for Rule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+/// A rule deserializes from its text; an error is [`RuleError::serde_message`].
+impl<'de> serde::Deserialize<'de> for Rule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: RuleError| serde::de::Error::custom(e.serde_message()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::Method;
 
     fn parse(s: &str) -> Rule {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -698,7 +849,7 @@ mod tests {
         let r = parse(
             r#" * { exec_id= , log_type=termination_log, sandbox="a b" } = 25% 3*delay(1.5s, 200ms) -> oom(c9) -> slow(64k) "#,
         );
-        assert_eq!(r.target, "*");
+        assert_eq!(r.target, Target::Any);
         assert_eq!(
             r.filters,
             vec![
@@ -729,5 +880,101 @@ mod tests {
         ] {
             parse(&format!("Check={a}"));
         }
+    }
+
+    #[test]
+    fn targets_are_operations_the_hook_sees() {
+        use crate::op::VmOp;
+        assert_eq!(
+            parse("StartVM=hang").target,
+            Target::Op(Op::Vm(VmOp::StartVM))
+        );
+        assert_eq!(
+            parse("Check=hang").target,
+            Target::Op(Op::Agent(Method::Check))
+        );
+        for vm in VmOp::ALL.iter().filter(|v| v.faultable()) {
+            parse(&format!("{vm}=hang"));
+        }
+        for op in ["KillVM", "Disconnect"] {
+            let e = error(&format!("  {op}=hang"));
+            assert_eq!(e.column, 3, "{e}");
+            assert!(
+                e.message
+                    .starts_with(&format!("{op} is recorded, cannot be faulted")),
+                "{e}"
+            );
+        }
+        let e = error("Chek=hang");
+        assert_eq!(e.column, 1);
+        assert!(
+            e.message.starts_with(
+                r#"unknown target "Chek": did you mean "Check"? (expected an agent RPC"#
+            ),
+            "{e}"
+        );
+        let e = error("Frobnicate=hang");
+        assert!(
+            e.message
+                .starts_with(r#"unknown target "Frobnicate": expected an agent RPC"#),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn filter_keys_are_the_ones_the_target_records() {
+        let e = error("WaitProcess{container=c2}=hang");
+        assert_eq!(e.column, 13, "{e}");
+        assert_eq!(
+            e.message,
+            r#"unknown filter key "container" for WaitProcess: did you mean "container_id"? (the keys WaitProcess records: container_id, exec_id or sandbox)"#
+        );
+        parse("WaitProcess{container_id=c2, exec_id=e1, sandbox=s}=hang");
+        parse("StartVM{timeout=1}=hang");
+        let e = error("StartVM{container_id=c1}=hang");
+        assert_eq!(e.column, 9, "{e}");
+        // `*`: any key some operation records.
+        parse("*{container_id=c1, kind=blk}=hang");
+        let e = error("*{bogus=1}=hang");
+        assert_eq!(e.column, 3, "{e}");
+        assert!(
+            e.message.starts_with(
+                r#"unknown filter key "bogus" for *: expected the keys any call records: "#
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn misspelt_actions_codes_and_arguments_get_the_nearest() {
+        let e = error("Check=hnag");
+        assert_eq!(e.column, 7);
+        assert!(
+            e.message
+                .starts_with(r#"unknown action "hnag": did you mean "hang"? (expected off, delay"#),
+            "{e}"
+        );
+        let e = error("Check=error(UNAVAILBLE)");
+        assert_eq!(e.column, 13);
+        assert!(
+            e.message
+                .starts_with(r#"unknown status code "UNAVAILBLE": did you mean "UNAVAILABLE"?"#),
+            "{e}"
+        );
+        let e = error("Check=drop(befor)");
+        assert!(e.message.contains(r#"did you mean "before"?"#), "{e}");
+    }
+
+    #[test]
+    fn rules_round_trip_through_serde_as_their_text() {
+        let r = parse("Check{sandbox=a}=1*hang->off");
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, r#""Check{sandbox=a}=1*hang->off""#);
+        assert_eq!(serde_json::from_str::<Rule>(&json).unwrap(), r);
+        let e = serde_json::from_str::<Rule>(r#""Check=explode""#).unwrap_err();
+        let msg = e.to_string();
+        let (column, message) = RuleError::split_column(&msg).expect(&msg);
+        assert_eq!(column, 7);
+        assert!(message.starts_with("unknown action"), "{message}");
     }
 }

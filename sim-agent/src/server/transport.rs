@@ -65,6 +65,21 @@ pub struct AddrError {
     pub reason: String,
 }
 
+/// The URL schemes an agent server listens on, with what follows each.
+pub const SCHEMES: [(&str, &str); 5] = [
+    ("unix", "PATH"),
+    ("remote", "PATH"),
+    ("mock", "PATH"),
+    ("hvsock", "PATH[:PORT]"),
+    ("vsock", "CID:PORT"),
+];
+
+/// `accepted: unix://PATH, remote://PATH, ...`, for messages.
+fn accepted() -> String {
+    let forms: Vec<String> = SCHEMES.iter().map(|(s, a)| format!("{s}://{a}")).collect();
+    format!("accepted: {}", forms.join(", "))
+}
+
 impl std::str::FromStr for AgentAddr {
     type Err = AddrError;
 
@@ -75,7 +90,7 @@ impl std::str::FromStr for AgentAddr {
         };
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| err("expected SCHEME://..."))?;
+            .ok_or_else(|| err(&format!("expected SCHEME://ADDRESS ({})", accepted())))?;
         if rest.is_empty() {
             return Err(err("empty path"));
         }
@@ -117,9 +132,15 @@ impl std::str::FromStr for AgentAddr {
                 let port = port.parse().map_err(|_| err("bad port"))?;
                 Ok(AgentAddr::Vsock { cid, port })
             }
-            other => Err(err(&format!(
-                "unknown scheme {other:?} (use unix, remote, mock, hvsock or vsock)"
-            ))),
+            other => {
+                let near = crate::op::suggest(other, SCHEMES.iter().map(|(s, _)| *s))
+                    .map(|n| format!(": did you mean {n:?}?"))
+                    .unwrap_or_default();
+                Err(err(&format!(
+                    "unknown scheme {other:?}{near} ({})",
+                    accepted()
+                )))
+            }
         }
     }
 }
@@ -557,6 +578,27 @@ mod tests {
         assert!("ftp://x".parse::<AgentAddr>().is_err());
         assert!("unix://".parse::<AgentAddr>().is_err());
         assert!("vsock://x:1".parse::<AgentAddr>().is_err());
+    }
+
+    #[test]
+    fn a_bad_scheme_names_the_accepted_ones_and_the_nearest() {
+        let e = "unx:///run/a.sock".parse::<AgentAddr>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid agent address \"unx:///run/a.sock\": unknown scheme \"unx\": did you mean \
+             \"unix\"? (accepted: unix://PATH, remote://PATH, mock://PATH, hvsock://PATH[:PORT], \
+             vsock://CID:PORT)"
+        );
+        let e = "ftp://x".parse::<AgentAddr>().unwrap_err().to_string();
+        assert!(
+            !e.contains("did you mean") && e.contains("vsock://CID:PORT"),
+            "{e}"
+        );
+        let e = "/run/a.sock".parse::<AgentAddr>().unwrap_err().to_string();
+        assert!(
+            e.contains("expected SCHEME://ADDRESS") && e.contains("unix://PATH"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

@@ -395,8 +395,9 @@ impl GuestFs {
                 return Err(io::Error::new(
                     e.kind(),
                     format!(
-                        "guest root {}: its parent directory does not exist",
-                        root.display()
+                        "guest root {}: the directory {} does not exist",
+                        root.display(),
+                        root.parent().unwrap_or(Path::new("/")).display()
                     ),
                 ));
             }

@@ -197,3 +197,81 @@ fn guest_root_gone(log: &str) -> bool {
     let lines: Vec<String> = log.lines().map(str::to_string).collect();
     !guest_root(&lines).exists()
 }
+
+#[tokio::test]
+async fn version_prints_the_release() {
+    let out = bounded(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sim-agent"))
+            .arg("--version")
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sim-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// A bad `--listen` is refused by the argument parser (exit 2) before anything is created,
+/// with the accepted schemes and the nearest one.
+#[tokio::test]
+async fn a_bad_listen_url_names_the_accepted_schemes() {
+    for (url, needle) in [
+        ("unx:///tmp/a.sock", "did you mean \"unix\"?"),
+        ("/tmp/a.sock", "expected SCHEME://ADDRESS"),
+        ("vsock://x:1", "bad CID"),
+    ] {
+        let out = bounded(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_sim-agent"))
+                .args(["serve", "--listen", url])
+                .env("NO_COLOR", "1")
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{url}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--listen"), "{url}: {err}");
+        assert!(err.contains(needle), "{url}: {err}");
+        if url.starts_with("unx") || url.starts_with('/') {
+            assert!(err.contains("vsock://CID:PORT"), "{url}: {err}");
+        }
+        assert!(!err.contains("guest ready"), "nothing started: {err}");
+    }
+}
+
+/// A guest root or control socket under a directory that does not exist: one message naming
+/// that directory (no backtrace, even with RUST_BACKTRACE), and nothing created.
+#[tokio::test]
+async fn a_missing_directory_is_named_and_never_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("unix://{}", dir.path().join("agent.sock").display());
+    let missing = dir.path().join("nope");
+    for (option, path) in [
+        ("--guest-root", missing.join("deeper/root")),
+        ("--control", missing.join("control.sock")),
+    ] {
+        let out = bounded(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_sim-agent"))
+                .args(["serve", "--listen", &listen, option])
+                .arg(&path)
+                .env("RUST_BACKTRACE", "1")
+                .env("NO_COLOR", "1")
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{option}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let parent = path.parent().unwrap().display().to_string();
+        assert!(
+            err.contains(&format!("the directory {parent} does not exist")),
+            "{option}: {err}"
+        );
+        assert!(!err.contains("backtrace"), "{option}: {err}");
+        assert!(!missing.exists(), "{option} created {}", missing.display());
+        assert!(!dir.path().join("agent.sock").exists(), "{option}: {err}");
+    }
+}

@@ -535,7 +535,7 @@ fn bad_rules_give_located_errors() {
         ("Check=delay(s)", 13, "expected a duration"),
         ("Check=delay(5s", 15, "expected ')' after the delay"),
         ("Check=error()", 13, "expected a status code name"),
-        ("Check=error(BROKEN)", 13, "found \"BROKEN\""),
+        ("Check=error(BROKEN)", 13, "unknown status code \"BROKEN\""),
         (
             "Check=error(INTERNAL, oops)",
             23,
@@ -563,8 +563,23 @@ fn bad_rules_give_located_errors() {
             "expected \"->\" or the end of the rule",
         ),
         ("Check{=x}=hang", 7, "expected a field name"),
-        ("Check{a b}=hang", 9, "expected '=' after the field \"a\""),
-        ("Check{a=b=hang", 10, "expected '}' or \",\" after a filter"),
+        (
+            "Check{service b}=hang",
+            15,
+            "expected '=' after the field \"service\"",
+        ),
+        (
+            "Check{service=b=hang",
+            16,
+            "expected '}' or \",\" after a filter",
+        ),
+        ("Check{a=b}=hang", 7, "unknown filter key \"a\" for Check"),
+        (
+            "WaitProcess{container=c2}=hang",
+            13,
+            "did you mean \"container_id\"?",
+        ),
+        ("KillVM=hang", 1, "KillVM is recorded, cannot be faulted"),
         ("Check=oom()", 11, "expected a container id"),
     ];
     assert!(corpus.len() >= 20);

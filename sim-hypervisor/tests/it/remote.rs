@@ -331,6 +331,15 @@ async fn a_state_dir_that_cannot_be_written_is_a_clear_error() {
         matches!(&e, HypervisorError::Io(m) if m.contains("state dir") && m.contains("cannot create")),
         "{e}"
     );
+    // A state dir in a directory that does not exist: named, and nothing is created.
+    let missing = dir.path().join("nope");
+    let e = Fleet::new(FleetConfig::new(missing.join("deeper/vms"))).unwrap_err();
+    let want = format!(
+        "the directory {} does not exist",
+        missing.join("deeper").display()
+    );
+    assert!(e.to_string().contains(&want), "{e}");
+    assert!(!missing.exists());
     // A socket path someone serves is refused; the first server keeps serving.
     let svc = service().await;
     let fleet = Arc::new(Fleet::new(FleetConfig::new(dir.path().join("vms2"))).unwrap());
