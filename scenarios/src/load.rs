@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
-use sim_agent::fault::RuleError;
+use sim_agent::fault::Rule;
 
 use crate::schema::{Scenario, Step};
 
@@ -278,6 +278,15 @@ impl Node {
         next.get(rest)
     }
 
+    /// The text of the scalar (not a mapping's key) that starts at `(line, column)`.
+    fn scalar_at(&self, line: usize, column: usize) -> Option<&str> {
+        let mut all = Vec::new();
+        self.walk(&mut Vec::new(), &mut all);
+        all.into_iter()
+            .filter(|(_, n, key)| !key && n.location() == (line, column))
+            .find_map(|(_, n, _)| n.scalar())
+    }
+
     fn scalar(&self) -> Option<&str> {
         match &self.0.value {
             Kind::Scalar(s) => Some(s),
@@ -437,15 +446,23 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, LoadError> {
         let tree = Node::parse(text);
         let (path, mut message, location) = describe(&e, tree.as_ref());
         let (line, mut column) = (location.line() as usize, location.column() as usize);
-        // A fault rule's error names its column inside the rule: place it in the scalar (one
-        // further for the opening quote of a quoted scalar).
-        if let Some((n, rest)) = RuleError::split_column(&message) {
+        // A fault rule that does not parse: parse the user's scalar again, as a rule, for the
+        // column inside it (one further for the opening quote of a quoted scalar).
+        let is_rule = path.starts_with("faults[")
+            || path.ends_with(".add_fault")
+            || path.ends_with(".remove_fault");
+        if let Some(rule_error) = tree
+            .as_ref()
+            .filter(|_| is_rule)
+            .and_then(|t| t.scalar_at(line, column))
+            .and_then(|text| text.parse::<Rule>().err())
+        {
             let opened = yaml_lines(text)
                 .nth(line.saturating_sub(1))
                 .and_then(|l| l.chars().nth(column.saturating_sub(1)))
                 .is_some_and(|c| c == '\'' || c == '"');
-            column += usize::from(opened) + n.saturating_sub(1);
-            message = rest.to_string();
+            column += usize::from(opened) + rule_error.column.saturating_sub(1);
+            message = rule_error.message;
         }
         let message = if path.is_empty() {
             message
