@@ -257,6 +257,12 @@ pub fn stuck_call(trace: &Trace, blamed: &mut Vec<u64>) -> Option<Call> {
     Some(Call::from(e))
 }
 
+/// The call a running host waits on now (as a stopped run would blame it), for a live
+/// progress line.
+pub fn waiting_on(trace: &Trace) -> Option<String> {
+    stuck_call(trace, &mut Vec::new()).map(|c| c.short())
+}
+
 /// What the guest model noted (such as a shell word its userland did not understand) on the
 /// calls about `call`'s process (its container, and its exec when both calls name one), or on
 /// any call when `call` names no container: in order, each once.
@@ -989,6 +995,16 @@ pub async fn run_with<T: Transport>(s: &Scenario) -> Outcome {
 /// ends, and a step, the teardown or the run that hits its bound is an error naming the call
 /// the host was stuck in.
 pub async fn run_with_limits<T: Transport>(s: &Scenario, limits: Limits) -> Outcome {
+    run_with_limits_traced::<T>(s, limits, Trace::folding()).await
+}
+
+/// [`run_with_limits`], recording every call into `trace` (a [`Trace::folding`] one): the
+/// caller keeps a clone to watch the run live ([`waiting_on`]).
+pub async fn run_with_limits_traced<T: Transport>(
+    s: &Scenario,
+    limits: Limits,
+    trace: Trace,
+) -> Outcome {
     let watchdog = Watchdog::start(limits.real);
     let state = match tempfile::Builder::new().prefix("kata-sim-run-").tempdir() {
         Ok(d) => d,
@@ -998,7 +1014,6 @@ pub async fn run_with_limits<T: Transport>(s: &Scenario, limits: Limits) -> Outc
     if let Err(e) = std::fs::create_dir_all(&host_dir) {
         return failed(s, format!("the host dir: {e}"));
     }
-    let trace = Trace::folding();
     let engine = FaultEngine::bounded(s.seed, FAULT_RECORD_LIMIT);
     let mut agent = agent_config(s);
     agent.trace = Some(trace.clone());

@@ -48,6 +48,25 @@ impl Call {
             .collect();
         format!("{}{{{}}}", self.op, fields.join(", "))
     }
+
+    /// The call as a JSON object for tools (`kata-sim trace --format json`, `run --format
+    /// json`): `{"op", "fields": {key: value}, "status", "fault", "note", "count"}`, with
+    /// `null` for no fault or note.
+    pub fn json(&self) -> serde_json::Value {
+        let fields: serde_json::Map<String, serde_json::Value> = self
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        serde_json::json!({
+            "op": self.op.name(),
+            "fields": fields,
+            "status": self.status.name(),
+            "fault": self.fault,
+            "note": self.note,
+            "count": self.count,
+        })
+    }
 }
 
 impl From<&TraceEvent> for Call {

@@ -466,15 +466,18 @@ async fn the_commands_of_docs_faults_md_run_as_written() {
         let out = kata_sim(&args);
         assert!(out.status.success(), "`{rule}`: {out:?}");
     }
-    // The parse error the doc shows, up to its `...`.
-    let (_, error) = doc.split_once("```text\ncolumn 7").unwrap();
-    let first_line = format!("column 7{}", error.lines().next().unwrap());
-    let shown = first_line.trim_end_matches("...").trim_end_matches(", ");
-    let args = ["fault", "add", "--control", &control, "Check=explode"].map(String::from);
+    // The parse error the doc shows, for the rule it shows under it.
+    let (_, error) = doc
+        .split_once("```text\ncolumn ")
+        .expect("the parse error block");
+    let mut lines = error.lines();
+    let shown = format!("column {}", lines.next().unwrap());
+    let rule = lines.next().unwrap().trim();
+    let args = ["fault", "add", "--control", &control, rule].map(String::from);
     let out = kata_sim(&args);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(shown), "{shown:?} in {err}");
+    assert!(err.contains(&shown), "{shown:?} in {err}");
 
     let (status, log) = stop(child, log, nix::sys::signal::Signal::SIGTERM).await;
     assert!(status.success(), "{log}");

@@ -124,7 +124,7 @@ fn ci() -> anyhow::Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    run(&["bench", "--workspace", "--", "--test"], &[])?;
+    run(&["test", "--workspace", "--benches"], &[])?;
     Ok(())
 }
 

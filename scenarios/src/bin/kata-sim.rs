@@ -1,21 +1,108 @@
 //! `kata-sim`: put a Kata runtime on a fake VMM and guest agent.
+//!
+//! Exit codes are distinct and documented (`EXIT_CODES`, docs/cli.md). A user's mistake
+//! prints one `error: ...` message and no backtrace, whatever `RUST_BACKTRACE` says; only a bug
+//! (a panic) prints one.
 
-use std::path::PathBuf;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use kata_sim::runner;
+use clap::{ArgAction, CommandFactory as _, Parser, Subcommand, ValueEnum};
+use kata_sim::runner::{self, Loaded, Overrides, Progress, Report, Source, Verdict};
 use kata_sim::schema::Persona;
 use kata_sim::serve::{ServeOptions, start};
 use sim_agent::AgentVersion;
+use sim_agent::fault::Rule;
+
+/// The exit codes, for `--help` and docs/cli.md.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0      success
+  1      a scenario failed (diff: the two sides differ, as diff(1))
+  2      bad input: a usage error, a file that does not load, an unknown scenario name
+  4      no scenarios to run, check or list
+  101    an internal error (a bug; a panic prints its backtrace with RUST_BACKTRACE=1)
+  128+N  stopped by signal N (130: SIGINT, 143: SIGTERM); what finished is still reported
+
+See docs/cli.md.";
 
 /// kata-sim: a fake VMM and guest agent for Kata Containers runtimes.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = EXIT_CODES)]
 struct Cli {
+    /// When to colour the output (`auto`: on a terminal, unless NO_COLOR is set).
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto)]
+    color: ColorWhen,
+    /// No progress lines, and only errors in the log.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More log: -v, -vv, -vvv (RUST_LOG overrides).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// When to colour the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorWhen {
+    /// On a terminal, unless NO_COLOR is set to something.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Which host runtime runs a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Driver {
+    /// The built-in host, with each scenario's persona.
+    Builtin,
+    /// The built-in host as the Go shim.
+    #[value(name = "builtin:go")]
+    BuiltinGo,
+    /// The built-in host as runtime-rs.
+    #[value(name = "builtin:rs")]
+    BuiltinRs,
+    /// A real host runtime: the command after `--`, against a kata-sim service.
+    Exec,
+}
+
+impl Driver {
+    fn persona(self) -> Option<Persona> {
+        match self {
+            Driver::BuiltinGo => Some(Persona::Go),
+            Driver::BuiltinRs => Some(Persona::Rs),
+            Driver::Builtin | Driver::Exec => None,
+        }
+    }
+
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_owned())
+    }
+}
+
+/// How the built-in host reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// In process, on a paused clock (hangs and delays cost no real time).
+    InProcess,
+    /// ttrpc over the VM's real agent socket, on the real clock.
+    Wire,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// For people.
+    Text,
+    /// One JSON object per line (shapes in docs/cli.md).
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -37,7 +124,7 @@ enum Command {
         boot_time_ms: u64,
         /// A fault rule (`StartVM=delay(5s)`, `WaitProcess{sandbox=ID}=hang`). Repeatable.
         #[arg(long = "fault", value_name = "RULE")]
-        faults: Vec<String>,
+        faults: Vec<Rule>,
         /// The seed of every random choice (fault probabilities, /dev/urandom).
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -45,50 +132,89 @@ enum Command {
         #[arg(long)]
         control: Option<PathBuf>,
     },
-    /// Run scenarios with the built-in host (default: the bundled library).
+    /// Run scenarios (default: the whole library) and print a summary.
     Run {
-        /// Scenario files or directories (default: `scenarios/library`).
-        paths: Vec<PathBuf>,
-        /// `builtin` (each scenario's persona), `builtin:go`, `builtin:rs`, or `exec` (then the
-        /// command after `--` is the host runtime).
-        #[arg(long, default_value = "builtin")]
-        driver: String,
+        /// Scenario files, directories (searched recursively for .yaml/.yml), or names of
+        /// library scenarios (`go-happy-path`).
+        #[arg(value_name = "PATH|NAME")]
+        targets: Vec<String>,
+        /// The scenario library (default: the one built into kata-sim).
+        #[arg(long, value_name = "DIR")]
+        library: Option<PathBuf>,
+        /// Which host runtime runs them.
+        #[arg(long, value_enum, default_value_t = Driver::Builtin)]
+        driver: Driver,
         /// Run every scenario with this seed instead of its own.
         #[arg(long)]
         seed: Option<u64>,
-        /// Write JUnit XML here.
-        #[arg(long)]
+        /// Write JUnit XML here (checked writable before anything runs).
+        #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
-        /// Run the built-in host over real sockets on the real clock (default: in-process on a
-        /// paused clock).
-        #[arg(long, value_parser = ["in-process", "wire"], default_value = "in-process")]
-        transport: String,
+        /// How the built-in host reaches the guest.
+        #[arg(long, value_enum, default_value_t = Transport::InProcess)]
+        transport: Transport,
         /// Run every scenario with this agent release (e.g. 3.19.1 to match a Go shim 3.19.1
         /// under `--driver exec`).
         #[arg(long = "agent-version")]
         agent_version: Option<AgentVersion>,
+        /// The real time one scenario may take, in seconds (built-in driver; over the wire it
+        /// also caps each step and the teardown). Default: 120.
+        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        timeout: Option<Duration>,
+        /// How results are printed.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
         /// With `--driver exec`: the host runtime's command, e.g. `-- ctr run ...`.
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// List the library's scenarios: name, persona, description.
+    List {
+        /// The scenario library (default: the one built into kata-sim).
+        #[arg(long, value_name = "DIR")]
+        library: Option<PathBuf>,
+        /// How the list is printed.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Run one scenario and print its calls (or a Mermaid sequence diagram of them).
     Trace {
-        /// The scenario file.
-        scenario: PathBuf,
+        /// The scenario file, or the name of a library scenario.
+        #[arg(value_name = "PATH|NAME")]
+        scenario: String,
+        /// The scenario library, for a name (default: the one built into kata-sim).
+        #[arg(long, value_name = "DIR")]
+        library: Option<PathBuf>,
         /// Print a Mermaid sequence diagram (host, hypervisor, agent; faults as notes).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "format")]
         mermaid: bool,
-        /// `builtin`, `builtin:go` or `builtin:rs`.
-        #[arg(long, default_value = "builtin")]
-        driver: String,
+        /// Which host runtime runs it.
+        #[arg(long, value_enum, default_value_t = Driver::Builtin)]
+        driver: Driver,
+        /// Run it with this seed instead of its own.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run it with this agent release.
+        #[arg(long = "agent-version")]
+        agent_version: Option<AgentVersion>,
+        /// How the calls are printed (`json`: one object per call).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// With `--driver exec`: the host runtime's command.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
-    /// Where two host runtimes' agent calls for one scenario diverge.
+    /// Where two host runtimes' agent calls for one scenario diverge (exit 1 if they do).
     Diff {
-        /// The two drivers (`builtin:go`, `builtin:rs`, or `exec` with a command after `--`).
-        #[arg(long = "driver", num_args = 1, required = true)]
-        drivers: Vec<String>,
-        /// The scenario file.
-        scenario: PathBuf,
+        /// The two drivers, e.g. `--driver builtin:go --driver builtin:rs`.
+        #[arg(long = "driver", value_enum, required = true)]
+        drivers: Vec<Driver>,
+        /// The scenario file, or the name of a library scenario.
+        #[arg(value_name = "PATH|NAME")]
+        scenario: String,
+        /// The scenario library, for a name (default: the one built into kata-sim).
+        #[arg(long, value_name = "DIR")]
+        library: Option<PathBuf>,
         /// Run both with this agent release.
         #[arg(long = "agent-version")]
         agent_version: Option<AgentVersion>,
@@ -98,11 +224,16 @@ enum Command {
     },
     /// Print the JSON Schema of scenario files (for editor completion).
     Schema,
-    /// Validate scenario files without running them.
+    /// Validate scenario files without running them (default: the library).
     Check {
-        /// Scenario files or directories.
-        #[arg(required = true)]
+        /// Scenario files or directories (searched recursively for .yaml/.yml).
         paths: Vec<PathBuf>,
+        /// The scenario library checked when no path is given (default: the built-in one).
+        #[arg(long, value_name = "DIR")]
+        library: Option<PathBuf>,
+        /// How results are printed (`json`: one object per file).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Change the faults of a running `kata-sim serve` / `sim-agent serve` through its control
     /// socket.
@@ -117,6 +248,11 @@ enum Command {
         #[command(subcommand)]
         op: FaultOp,
     },
+    /// Print a shell completion script (e.g. `kata-sim completions bash > /etc/bash_completion.d/kata-sim`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,7 +260,7 @@ enum FaultOp {
     /// Install a rule; prints its id.
     Add {
         /// The rule, e.g. `GetDiagnosticData=error(UNAVAILABLE,"guest busy")`.
-        rule: String,
+        rule: Rule,
     },
     /// Remove a rule by id.
     Remove {
@@ -132,22 +268,141 @@ enum FaultOp {
         id: u64,
     },
     /// List the installed rules.
-    List,
+    List {
+        /// How the rules are printed (`json`: one `{"id", "rule"}` per line).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Remove every rule.
     Clear,
     /// List the faults that fired so far.
-    Fired,
+    Fired {
+        /// How they are printed (`json`: one `{"rule", "target", "action"}` per line).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Why the command stops early: its exit code and the message (if any) to print.
+#[derive(Debug)]
+struct Exit {
+    code: u8,
+    error: Option<anyhow::Error>,
+}
+
+const BAD_INPUT: u8 = 2;
+const NO_SCENARIOS: u8 = 4;
+const INTERNAL: u8 = 101;
+
+impl Exit {
+    fn bad(e: impl Into<anyhow::Error>) -> Exit {
+        Exit {
+            code: BAD_INPUT,
+            error: Some(e.into()),
+        }
+    }
+
+    fn internal(e: impl Into<anyhow::Error>) -> Exit {
+        Exit {
+            code: INTERNAL,
+            error: Some(e.into()),
+        }
+    }
+
+    /// An exit with this code whose message was printed already.
+    fn quiet(code: u8) -> Exit {
+        Exit { code, error: None }
+    }
+}
+
+type Result<T, E = Exit> = std::result::Result<T, E>;
+
+trait OrExit<T> {
+    /// The user's mistake: exit 2.
+    fn or_bad(self) -> Result<T>;
+    /// Not the user's: exit 101.
+    fn or_internal(self) -> Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> OrExit<T> for std::result::Result<T, E> {
+    fn or_bad(self) -> Result<T> {
+        self.map_err(Exit::bad)
+    }
+    fn or_internal(self) -> Result<T> {
+        self.map_err(Exit::internal)
+    }
+}
+
+/// The output settings every command shares.
+#[derive(Debug, Clone, Copy)]
+struct Ui {
+    color: ColorWhen,
+    quiet: bool,
+    verbose: u8,
+}
+
+impl Ui {
+    /// Whether to colour what goes to a stream that is (or is not) a terminal.
+    fn color(self, terminal: bool) -> bool {
+        match self.color {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto => {
+                terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
+
+    /// Logs to stderr at `base` (`warn`, `info`) moved by -q/-v; RUST_LOG overrides.
+    fn init_logging(self, base: usize) {
+        const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+        let level = if self.quiet {
+            0
+        } else {
+            (base + usize::from(self.verbose)).min(LEVELS.len() - 1)
+        };
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LEVELS[level])),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(self.color(std::io::stderr().is_terminal()))
+            .init();
+    }
+}
+
+fn main() -> ExitCode {
+    // Usage errors exit 2 (clap's own), --help and --version 0.
     let cli = Cli::parse();
-    match cli.command {
-        // Scenarios build their own paused-clock runtime per run.
-        Command::Run { .. }
-        | Command::Check { .. }
-        | Command::Trace { .. }
-        | Command::Diff { .. }
-        | Command::Schema => scenario_main(cli.command),
+    let ui = Ui {
+        color: cli.color,
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    match dispatch(cli.command, ui) {
+        Ok(code) => code,
+        Err(Exit { code, error }) => {
+            if let Some(e) = error {
+                print_error(&e);
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// One `error: ...` (never `Error: error:`), its causes after colons.
+fn print_error(e: &anyhow::Error) {
+    let text = format!("{e:#}");
+    if text.starts_with("error: ") {
+        eprintln!("{text}");
+    } else {
+        eprintln!("error: {text}");
+    }
+}
+
+fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
+    match command {
         Command::Serve {
             hypervisor_socket,
             state_dir,
@@ -157,13 +412,13 @@ fn main() -> anyhow::Result<()> {
             seed,
             control,
         } => {
-            init_logging();
+            ui.init_logging(2);
             let opts = ServeOptions {
                 hypervisor_socket,
                 state_dir,
                 agent_version,
                 boot_time: Duration::from_millis(boot_time_ms),
-                faults,
+                faults: faults.iter().map(ToString::to_string).collect(),
                 seed,
                 control,
             };
@@ -172,19 +427,140 @@ fn main() -> anyhow::Result<()> {
             // Every deletion the shutdown started has finished once the runtime is gone; the
             // state directory's last sweep runs after that.
             drop(rt);
-            drop(state?);
+            drop(state.or_bad()?);
             tracing::info!("stopped; sockets removed");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        command => runtime()?.block_on(async_main(command)),
+        Command::Fault {
+            control,
+            timeout,
+            op,
+        } => {
+            ui.init_logging(2);
+            runtime()?.block_on(fault(control, timeout, op))
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kata-sim",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            print!("{}", kata_sim::schema::json_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { library, format } => {
+            ui.init_logging(1);
+            list(library.as_deref(), format)
+        }
+        Command::Check {
+            paths,
+            library,
+            format,
+        } => {
+            ui.init_logging(1);
+            check(&paths, library.as_deref(), format)
+        }
+        Command::Run {
+            targets,
+            library,
+            driver,
+            seed,
+            junit,
+            transport,
+            agent_version,
+            timeout,
+            format,
+            command,
+        } => {
+            ui.init_logging(1);
+            let overrides = Overrides {
+                persona: driver.persona(),
+                seed,
+                exec: exec_command(driver, command)?,
+                wire: transport == Transport::Wire,
+                agent_version,
+                timeout,
+            };
+            run(
+                &targets,
+                library.as_deref(),
+                &overrides,
+                junit.as_deref(),
+                format,
+                ui,
+            )
+        }
+        Command::Trace {
+            scenario,
+            library,
+            mermaid,
+            driver,
+            seed,
+            agent_version,
+            format,
+            command,
+        } => {
+            ui.init_logging(1);
+            let overrides = Overrides {
+                persona: driver.persona(),
+                seed,
+                exec: exec_command(driver, command)?,
+                agent_version,
+                ..Default::default()
+            };
+            trace(&scenario, library.as_deref(), &overrides, mermaid, format)
+        }
+        Command::Diff {
+            drivers,
+            scenario,
+            library,
+            agent_version,
+            command,
+        } => {
+            ui.init_logging(1);
+            diff(
+                &drivers,
+                &scenario,
+                library.as_deref(),
+                agent_version,
+                command,
+            )
+        }
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
+}
+
+/// The `exec` driver's command (required with it, refused without it).
+fn exec_command(driver: Driver, command: Vec<String>) -> Result<Option<Vec<String>>> {
+    match (driver, command.is_empty()) {
+        (Driver::Exec, true) => Err(Exit::bad(anyhow::anyhow!(
+            "--driver exec needs the host runtime's command after --"
+        ))),
+        (Driver::Exec, false) => Ok(Some(command)),
+        (_, true) => Ok(None),
+        (_, false) => Err(Exit::bad(anyhow::anyhow!(
+            "a command after -- needs --driver exec"
+        ))),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")
+        .or_internal()
 }
 
 /// `kata-sim serve` until SIGINT or SIGTERM; returns the state directory to release.
@@ -203,253 +579,549 @@ async fn serve(opts: &ServeOptions) -> anyhow::Result<kata_sim::serve::StateDir>
     Ok(serving.shutdown().await)
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+async fn fault(control: Option<PathBuf>, timeout: f64, op: FaultOp) -> Result<ExitCode> {
+    use sim_agent::fault::control::{self, Request, Response};
+    let control = control.context("--control PATH is required").or_bad()?;
+    let mut format = Format::Text;
+    let req = match op {
+        FaultOp::Add { rule } => Request::Add {
+            rule: rule.to_string(),
+        },
+        FaultOp::Remove { id } => Request::Remove { id },
+        FaultOp::List { format: f } => {
+            format = f;
+            Request::List
+        }
+        FaultOp::Clear => Request::Clear,
+        FaultOp::Fired { format: f } => {
+            format = f;
+            Request::Fired
+        }
+    };
+    let timeout = Duration::try_from_secs_f64(timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--timeout must be a positive number of seconds")
+        .or_bad()?;
+    match control::request_within(&control, &req, timeout)
+        .await
+        .or_bad()?
+    {
+        Response::Added { id } => println!("{id}"),
+        Response::Rules { rules } => {
+            for r in rules {
+                match format {
+                    Format::Text => println!("rule {} {}", r.id, r.rule),
+                    Format::Json => println!("{}", to_json(&r)?),
+                }
+            }
+        }
+        Response::Fired { fired, dropped } => {
+            if dropped > 0 && format == Format::Text {
+                println!("({dropped} older faults fired and are no longer kept)");
+            }
+            for f in fired {
+                match format {
+                    Format::Text => println!("fired {} {} {}", f.rule, f.target, f.action),
+                    Format::Json => println!("{}", to_json(&f)?),
+                }
+            }
+        }
+        Response::Removed { .. } | Response::Cleared | Response::Error { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn async_main(command: Command) -> anyhow::Result<()> {
-    init_logging();
-    match command {
-        Command::Fault {
-            control,
-            timeout,
-            op,
-        } => {
-            use sim_agent::fault::control::{self, Request, Response};
-            let control = control.context("--control PATH is required")?;
-            let req = match op {
-                FaultOp::Add { rule } => Request::Add { rule },
-                FaultOp::Remove { id } => Request::Remove { id },
-                FaultOp::List => Request::List,
-                FaultOp::Clear => Request::Clear,
-                FaultOp::Fired => Request::Fired,
-            };
-            let timeout = Duration::try_from_secs_f64(timeout)
-                .ok()
-                .filter(|t| !t.is_zero())
-                .context("--timeout must be a positive number of seconds")?;
-            match control::request_within(&control, &req, timeout).await? {
-                Response::Added { id } => println!("{id}"),
-                Response::Rules { rules } => {
-                    for r in rules {
-                        println!("rule {} {}", r.id, r.rule);
-                    }
-                }
-                Response::Fired { fired, dropped } => {
-                    if dropped > 0 {
-                        println!("({dropped} older faults fired and are no longer kept)");
-                    }
-                    for f in fired {
-                        println!("fired {} {} {}", f.rule, f.target, f.action);
-                    }
-                }
-                Response::Removed { .. } | Response::Cleared | Response::Error { .. } => {}
-            }
-            Ok(())
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).or_internal()
+}
+
+/// The library's sources: `--library DIR`, or the scenarios built into the binary.
+fn library_sources(library: Option<&Path>) -> Result<Vec<Source>> {
+    match library {
+        None => Ok(runner::bundled()),
+        Some(dir) => {
+            let files = runner::find(&[dir.to_path_buf()])
+                .context("--library")
+                .or_bad()?;
+            Ok(files.into_iter().map(Source::file).collect())
         }
-        Command::Serve { .. } => unreachable!("handled in main"),
-        Command::Run { .. }
-        | Command::Check { .. }
-        | Command::Trace { .. }
-        | Command::Diff { .. }
-        | Command::Schema => unreachable!("handled without tokio"),
     }
 }
 
-fn scenario_main(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Run {
-            paths,
-            driver,
-            seed,
-            junit,
-            transport,
-            agent_version,
-            command,
-        } => {
-            let (persona, exec) = if driver == "exec" {
-                anyhow::ensure!(
-                    !command.is_empty(),
-                    "--driver exec needs a command after --"
-                );
-                (None, Some(command))
-            } else {
-                anyhow::ensure!(command.is_empty(), "a command after -- needs --driver exec");
-                (persona_of(&driver)?, None)
-            };
-            let paths = if paths.is_empty() {
-                vec![PathBuf::from(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/library"
-                ))]
-            } else {
-                paths
-            };
-            let files = runner::find(&paths).context("finding scenario files")?;
-            anyhow::ensure!(!files.is_empty(), "no scenario files under {paths:?}");
-            if exec.is_some() {
-                // SIGTERM/SIGINT stop the run cleanly: the command, the service, its files.
-                kata_sim::exec::stop_on_signals().context("installing the signal handlers")?;
-            }
-            let mut reports = Vec::new();
-            for (i, f) in files.iter().enumerate() {
-                if kata_sim::exec::interrupted().is_some() {
-                    break;
-                }
-                let r = runner::run_file(
-                    f,
-                    &runner::Overrides {
-                        persona,
-                        seed,
-                        exec: exec.clone(),
-                        wire: transport == "wire",
-                        agent_version,
-                    },
-                );
-                eprintln!(
-                    "[{:>3}/{}] {} {}",
-                    i + 1,
-                    files.len(),
-                    if r.passed() { "ok    " } else { "FAILED" },
-                    f.display()
-                );
-                reports.push(r);
-            }
-            print!("{}", runner::summary(&reports));
-            let failures = runner::failures(&reports);
-            if !failures.is_empty() {
-                eprint!("\n{failures}");
-            }
-            if let Some(j) = junit {
-                std::fs::write(&j, runner::junit(&reports))
-                    .with_context(|| format!("writing {}", j.display()))?;
-            }
-            if let Some(sig) = kata_sim::exec::interrupted() {
-                eprintln!(
-                    "interrupted by {sig}: {} of {} scenarios run",
-                    reports.len(),
-                    files.len()
-                );
-                std::process::exit(128 + sig as i32)
-            }
-            if reports.iter().all(runner::Report::passed) {
-                Ok(())
-            } else {
-                std::process::exit(1)
-            }
-        }
-        Command::Trace {
-            scenario,
-            mermaid,
-            driver,
-        } => {
-            let r = runner::run_file(
-                &scenario,
-                &runner::Overrides {
-                    persona: persona_of(&driver)?,
-                    ..Default::default()
-                },
-            );
-            if let Some(e) = r.load_error {
-                anyhow::bail!("{e}");
-            }
-            let o = r.outcome.context("no outcome")?;
-            if mermaid {
-                print!("{}", kata_sim::render::mermaid(&o));
-            } else {
-                for c in &o.calls {
-                    println!("{c}");
+fn library_label(library: Option<&Path>) -> String {
+    library.map_or_else(
+        || "the bundled library".to_owned(),
+        |d| format!("the library {}", d.display()),
+    )
+}
+
+/// What `run`, `trace` and `diff` targets name: a path that exists, else a library scenario
+/// by name (a word without `/` or a .yaml/.yml ending), else a path (which then does not
+/// exist: an error).
+fn resolve(targets: &[String], library: Option<&Path>) -> Result<Vec<Source>> {
+    if targets.is_empty() {
+        return library_sources(library);
+    }
+    let mut lib: Option<Vec<Loaded>> = None;
+    let mut out: Vec<Source> = Vec::new();
+    let mut searched = Vec::new();
+    // In the order given: each path's files (sorted), each name's library scenario.
+    for t in targets {
+        let path = Path::new(t);
+        let is_name = !path.exists() && !t.contains('/') && !runner::is_scenario_file(path);
+        if !is_name {
+            searched.push(PathBuf::from(t));
+            for f in runner::find(&[PathBuf::from(t)]).or_bad()? {
+                if !out.iter().any(|s| s.file == f) {
+                    out.push(Source::file(f));
                 }
             }
-            Ok(())
+            continue;
         }
-        Command::Diff {
-            drivers,
-            scenario,
-            agent_version,
-            command,
-        } => {
-            anyhow::ensure!(drivers.len() == 2, "give --driver twice");
-            if drivers.iter().any(|d| d == "exec") {
-                kata_sim::exec::stop_on_signals().context("installing the signal handlers")?;
-            }
-            let mut calls = Vec::new();
-            for d in &drivers {
-                let overrides = if d == "exec" {
-                    anyhow::ensure!(
-                        !command.is_empty(),
-                        "--driver exec needs a command after --"
-                    );
-                    runner::Overrides {
-                        exec: Some(command.clone()),
-                        agent_version,
-                        ..Default::default()
-                    }
-                } else {
-                    runner::Overrides {
-                        persona: persona_of(d)?,
-                        agent_version,
-                        ..Default::default()
-                    }
+        if lib.is_none() {
+            lib = Some(runner::load_all(&library_sources(library)?));
+        }
+        let loaded = lib.as_deref().unwrap_or_default();
+        match runner::by_name(loaded, t) {
+            Ok(source) => out.push(source),
+            Err(near) => {
+                let hint = match near.as_slice() {
+                    [] => String::new(),
+                    [one] => format!("; did you mean {one:?}?"),
+                    many => format!(
+                        "; did you mean one of {}?",
+                        many.iter()
+                            .map(|n| format!("{n:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 };
-                let r = runner::run_file(&scenario, &overrides);
-                if let Some(sig) = kata_sim::exec::interrupted() {
-                    eprintln!("interrupted by {sig}");
-                    std::process::exit(128 + sig as i32)
-                }
-                if let Some(e) = r.load_error {
-                    anyhow::bail!("{e}");
-                }
-                calls.push(kata_sim::render::agent_calls(
-                    &r.outcome.context("no outcome")?,
-                ));
+                return Err(Exit::bad(anyhow::anyhow!(
+                    "no scenario named {t:?} in {} and no such file{hint} (`kata-sim list` lists them)",
+                    library_label(library)
+                )));
             }
-            println!("--- {}\n+++ {}", drivers[0], drivers[1]);
-            for line in kata_sim::render::diff(&calls[0], &calls[1]) {
-                println!("{line}");
-            }
-            Ok(())
         }
-        Command::Schema => {
-            print!("{}", kata_sim::schema::json_schema());
-            Ok(())
-        }
-        Command::Check { paths } => {
-            let files = runner::find(&paths).context("finding scenario files")?;
-            let mut bad = 0;
-            for f in &files {
-                match kata_sim::load::load(f) {
-                    Ok(s) => println!("ok      {} ({})", f.display(), s.name),
-                    Err(e) => {
-                        bad += 1;
-                        eprintln!("{e}\n");
-                    }
-                }
-            }
-            println!("{} of {} valid", files.len() - bad, files.len());
-            if bad > 0 {
-                std::process::exit(1)
-            }
-            Ok(())
-        }
-        _ => unreachable!("handled by async_main"),
+    }
+    if out.is_empty() {
+        return Err(no_scenarios(&searched));
+    }
+    Ok(out)
+}
+
+fn no_scenarios(paths: &[PathBuf]) -> Exit {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    Exit {
+        code: NO_SCENARIOS,
+        error: Some(anyhow::anyhow!(
+            "no scenarios: no .yaml or .yml file under {}",
+            names.join(", ")
+        )),
     }
 }
 
-fn persona_of(driver: &str) -> anyhow::Result<Option<Persona>> {
-    Ok(match driver {
-        "builtin" => None,
-        "builtin:go" => Some(Persona::Go),
-        "builtin:rs" => Some(Persona::Rs),
-        other => {
-            anyhow::bail!("unknown driver {other:?}: expected builtin, builtin:go or builtin:rs")
+fn list(library: Option<&Path>, format: Format) -> Result<ExitCode> {
+    let sources = library_sources(library)?;
+    if sources.is_empty() {
+        return Err(no_scenarios(&[library.map_or_else(
+            || PathBuf::from(runner::BUNDLED_DIR),
+            Path::to_path_buf,
+        )]));
+    }
+    let loaded = runner::load_all(&sources);
+    let width = loaded
+        .iter()
+        .filter_map(|l| l.scenario.as_ref().ok().map(|s| s.name.len()))
+        .max()
+        .unwrap_or(4);
+    let mut bad = false;
+    let mut out = std::io::stdout().lock();
+    for l in &loaded {
+        match &l.scenario {
+            Ok(s) => {
+                let line = match format {
+                    Format::Text => {
+                        let persona = format!("{:?}", s.config.persona).to_lowercase();
+                        let description = s.description.lines().next().unwrap_or_default();
+                        format!("{:<width$}  {persona:<2}  {description}", s.name)
+                    }
+                    Format::Json => to_json(&serde_json::json!({
+                        "name": s.name,
+                        "persona": s.config.persona,
+                        "description": s.description,
+                        "file": l.source.file.display().to_string(),
+                    }))?,
+                };
+                let _ = writeln!(out, "{}", line.trim_end());
+            }
+            Err(e) => {
+                bad = true;
+                eprintln!("{e}\n");
+            }
         }
+    }
+    Ok(if bad {
+        ExitCode::from(BAD_INPUT)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn check(paths: &[PathBuf], library: Option<&Path>, format: Format) -> Result<ExitCode> {
+    let sources = if paths.is_empty() {
+        library_sources(library)?
+    } else {
+        let files = runner::find(paths).or_bad()?;
+        files.into_iter().map(Source::file).collect()
+    };
+    if sources.is_empty() {
+        return Err(no_scenarios(paths));
+    }
+    let loaded = runner::load_all(&sources);
+    let mut bad = 0;
+    for l in &loaded {
+        let file = l.source.file.display().to_string();
+        match (&l.scenario, format) {
+            (Ok(s), Format::Text) => println!("ok      {file} ({})", s.name),
+            (Ok(s), Format::Json) => {
+                println!(
+                    "{}",
+                    to_json(&serde_json::json!({"file": file, "name": s.name}))?
+                );
+            }
+            (Err(e), Format::Text) => {
+                bad += 1;
+                eprintln!("{e}\n");
+            }
+            (Err(e), Format::Json) => {
+                bad += 1;
+                println!(
+                    "{}",
+                    to_json(
+                        &serde_json::json!({"file": file, "error": runner::load_error_json(e)})
+                    )?
+                );
+            }
+        }
+    }
+    if format == Format::Text {
+        println!("{} of {} valid", loaded.len() - bad, loaded.len());
+    }
+    Ok(if bad > 0 {
+        ExitCode::from(BAD_INPUT)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The live progress line on stderr: redrawn in place on a terminal; elsewhere a line after
+/// 1, 2, 4, ... 64 s of a scenario, then every minute.
+struct ProgressLine {
+    terminal: bool,
+    quiet: bool,
+    color: bool,
+    /// The next elapsed second at which a non-terminal prints a line.
+    next_report: u64,
+    drawn: bool,
+}
+
+impl ProgressLine {
+    fn clear(&mut self) {
+        if self.drawn {
+            eprint!("\r\x1b[K");
+            self.drawn = false;
+        }
+    }
+
+    fn on(&mut self, p: Progress<'_>) {
+        if self.quiet {
+            return;
+        }
+        match p {
+            Progress::Started { index, total, name } => {
+                self.next_report = 1;
+                if self.terminal {
+                    eprint!("\r\x1b[K[{:>3}/{total}] {name} ...", index + 1);
+                    self.drawn = true;
+                }
+            }
+            Progress::Running {
+                index,
+                total,
+                name,
+                elapsed,
+                waiting_on,
+            } => {
+                let secs = elapsed.as_secs();
+                let waiting = waiting_on
+                    .map(|c| format!(", waiting on {c}"))
+                    .unwrap_or_default();
+                if self.terminal {
+                    eprint!(
+                        "\r\x1b[K[{:>3}/{total}] {name}: running for {secs} s{waiting}",
+                        index + 1
+                    );
+                    self.drawn = true;
+                } else if secs >= self.next_report {
+                    eprintln!(
+                        "[{:>3}/{total}] {name}: running for {secs} s{waiting}",
+                        index + 1
+                    );
+                    self.next_report = if secs < 64 {
+                        (secs * 2).max(1)
+                    } else {
+                        secs + 60
+                    };
+                }
+            }
+            Progress::Finished {
+                index,
+                total,
+                report,
+            } => {
+                self.clear();
+                use anstyle::AnsiColor;
+                let (word, style) = match report.verdict() {
+                    Verdict::Ok => ("ok     ", AnsiColor::Green.on_default()),
+                    Verdict::Failed => ("FAILED ", AnsiColor::Red.on_default().bold()),
+                    Verdict::Invalid => ("INVALID", AnsiColor::Red.on_default().bold()),
+                    Verdict::Skipped => ("SKIPPED", AnsiColor::Yellow.on_default()),
+                };
+                let word = if self.color {
+                    format!("{style}{word}{style:#}")
+                } else {
+                    word.to_owned()
+                };
+                eprintln!(
+                    "[{:>3}/{total}] {word} {}",
+                    index + 1,
+                    report.file.display()
+                );
+            }
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn run(
+    targets: &[String],
+    library: Option<&Path>,
+    o: &Overrides,
+    junit: Option<&Path>,
+    format: Format,
+    ui: Ui,
+) -> Result<ExitCode> {
+    // Before anything runs: a JUnit path that cannot be written is an error now.
+    let junit_file = junit
+        .map(|j| {
+            std::fs::File::create(j)
+                .with_context(|| format!("--junit {}: cannot write", j.display()))
+                .or_bad()
+                .map(|f| (j, f))
+        })
+        .transpose()?;
+    let sources = resolve(targets, library)?;
+    if sources.is_empty() {
+        return Err(no_scenarios(&[library.map_or_else(
+            || PathBuf::from(runner::BUNDLED_DIR),
+            Path::to_path_buf,
+        )]));
+    }
+    // SIGTERM/SIGINT stop the run after (or at) the current scenario; what finished is
+    // reported. The exec driver stops its command cleanly too.
+    kata_sim::exec::stop_on_signals()
+        .context("installing the signal handlers")
+        .or_internal()?;
+    let loaded = runner::load_all(&sources);
+    let stderr_terminal = std::io::stderr().is_terminal();
+    let mut line = ProgressLine {
+        terminal: stderr_terminal,
+        quiet: ui.quiet,
+        color: ui.color(stderr_terminal),
+        next_report: 1,
+        drawn: false,
+    };
+    let stop = || kata_sim::exec::interrupted().map(|s| format!("interrupted by {s}"));
+    let mut json_error = None;
+    let reports = runner::run_all(loaded, o, &stop, &mut |p| {
+        if format == Format::Json
+            && let Progress::Finished { report, .. } = &p
+        {
+            match serde_json::to_string(&runner::json(report)) {
+                Ok(j) => println!("{j}"),
+                Err(e) => json_error = Some(e),
+            }
+        }
+        line.on(p);
+    });
+    if let Some(e) = json_error {
+        return Err(Exit::internal(e));
+    }
+    if format == Format::Text {
+        print!(
+            "{}",
+            runner::summary_styled(&reports, ui.color(std::io::stdout().is_terminal()))
+        );
+        let failures = runner::failures(&reports);
+        if !failures.is_empty() {
+            eprint!("\n{failures}");
+        }
+    }
+    if let Some((path, mut file)) = junit_file {
+        file.write_all(runner::junit(&reports).as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+            .or_internal()?;
+    }
+    if let Some(sig) = kata_sim::exec::interrupted() {
+        let ran = reports
+            .iter()
+            .filter(|r| r.verdict() != Verdict::Skipped)
+            .count();
+        eprintln!(
+            "interrupted by {sig}: {ran} of {} scenarios run",
+            reports.len()
+        );
+        return Err(Exit::quiet(128 + sig as u8));
+    }
+    Ok(exit_of(&reports))
+}
+
+/// 2 if a file did not load, else 1 if a scenario failed, else 0.
+fn exit_of(reports: &[Report]) -> ExitCode {
+    let worst = reports.iter().map(Report::verdict).max();
+    match worst {
+        Some(Verdict::Invalid) => ExitCode::from(BAD_INPUT),
+        Some(Verdict::Failed | Verdict::Skipped) => ExitCode::FAILURE,
+        Some(Verdict::Ok) | None => ExitCode::SUCCESS,
+    }
+}
+
+/// Loads the one scenario `target` names (a file, or a library name).
+fn one_scenario(
+    target: &str,
+    library: Option<&Path>,
+) -> Result<(Source, kata_sim::schema::Scenario)> {
+    let sources = resolve(&[target.to_owned()], library)?;
+    let [source] = sources.as_slice() else {
+        return Err(Exit::bad(anyhow::anyhow!(
+            "{target}: give one scenario file, not {} of them",
+            sources.len()
+        )));
+    };
+    match source.load() {
+        Ok(s) => Ok((source.clone(), s)),
+        Err(e) => Err(Exit::bad(e)),
+    }
+}
+
+fn trace(
+    target: &str,
+    library: Option<&Path>,
+    o: &Overrides,
+    mermaid: bool,
+    format: Format,
+) -> Result<ExitCode> {
+    let (source, s) = one_scenario(target, library)?;
+    if o.exec.is_some() {
+        kata_sim::exec::stop_on_signals()
+            .context("installing the signal handlers")
+            .or_internal()?;
+    }
+    let r = runner::run_scenario(&source.file, s, o, &|| None, &mut |_, _| {});
+    let outcome = r
+        .outcome
+        .as_ref()
+        .context("the run left no record")
+        .or_internal()?;
+    if mermaid {
+        print!("{}", kata_sim::render::mermaid(outcome));
+    } else {
+        for c in &outcome.calls {
+            match format {
+                Format::Text => println!("{c}"),
+                Format::Json => println!("{}", to_json(&c.json())?),
+            }
+        }
+    }
+    for e in &outcome.errors {
+        eprintln!("run error: {e}");
+    }
+    if let Some(sig) = kata_sim::exec::interrupted() {
+        return Err(Exit::quiet(128 + sig as u8));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn diff(
+    drivers: &[Driver],
+    target: &str,
+    library: Option<&Path>,
+    agent_version: Option<AgentVersion>,
+    command: Vec<String>,
+) -> Result<ExitCode> {
+    let [a, b] = drivers else {
+        return Err(Exit::bad(anyhow::anyhow!(
+            "give --driver twice (the two sides), not {} time(s)",
+            drivers.len()
+        )));
+    };
+    if !drivers.contains(&Driver::Exec) && !command.is_empty() {
+        return Err(Exit::bad(anyhow::anyhow!(
+            "a command after -- needs an exec --driver"
+        )));
+    }
+    if drivers.contains(&Driver::Exec) && command.is_empty() {
+        return Err(Exit::bad(anyhow::anyhow!(
+            "--driver exec needs the host runtime's command after --"
+        )));
+    }
+    let (source, s) = one_scenario(target, library)?;
+    if drivers.contains(&Driver::Exec) {
+        kata_sim::exec::stop_on_signals()
+            .context("installing the signal handlers")
+            .or_internal()?;
+    }
+    let mut calls = Vec::new();
+    let mut errors = false;
+    for d in [a, b] {
+        let overrides = Overrides {
+            persona: d.persona(),
+            exec: (*d == Driver::Exec).then(|| command.clone()),
+            agent_version,
+            ..Default::default()
+        };
+        let r = runner::run_scenario(
+            &source.file,
+            s.clone(),
+            &overrides,
+            &|| None,
+            &mut |_, _| {},
+        );
+        if let Some(sig) = kata_sim::exec::interrupted() {
+            eprintln!("interrupted by {sig}");
+            return Err(Exit::quiet(128 + sig as u8));
+        }
+        let outcome = r.outcome.context("the run left no record").or_internal()?;
+        // A side that failed to run says so, rather than showing as a column of `+`/`-`.
+        for e in &outcome.errors {
+            errors = true;
+            eprintln!("error: --driver {}: {e}", d.name());
+        }
+        calls.push(kata_sim::render::agent_calls(&outcome));
+    }
+    println!("--- {}\n+++ {}", a.name(), b.name());
+    let lines = kata_sim::render::diff(&calls[0], &calls[1]);
+    for line in &lines {
+        println!("{line}");
+    }
+    let differ = calls[0] != calls[1];
+    if errors && !differ {
+        eprintln!("(the two sides' calls are the same, but a run reported errors)");
+    }
+    Ok(if differ {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }
