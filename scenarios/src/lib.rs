@@ -3,6 +3,8 @@
 //!
 //! - [`schema`]: the scenario format; [`load`]: loading it with located errors.
 //! - [`host`]: the built-in host runtime (personas `go` and `rs`); [`check`]: expectations.
+//! - [`conn`]: the host's one agent connection, never re-dialled, failing as the runtime's
+//!   client does once it is closed.
 //! - [`record`]: the typed lines of a run's record (calls, faults that fired).
 //! - [`exec`]: the `exec` driver: a real host runtime against a kata-sim service.
 //! - [`render`]: Mermaid diagrams of a run, and diffs of two runs' agent calls.
@@ -10,6 +12,7 @@
 //! - [`serve`]: `kata-sim serve`, the remote hypervisor and every guest agent it creates.
 
 pub mod check;
+pub mod conn;
 pub mod exec;
 pub mod host;
 pub mod junit;

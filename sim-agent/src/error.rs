@@ -24,6 +24,11 @@ pub enum AgentError {
     /// The connection to the agent closed before the answer arrived.
     #[error("ttrpc: closed")]
     ConnectionClosed,
+    /// The host's connection to the agent is closed: the call failed inside the host, in the
+    /// words of the runtime's client (`ttrpc err: local stream closed`), and did not reach the
+    /// agent (or its answer never came back).
+    #[error("{0}")]
+    Closed(String),
     /// The host marked the agent dead (`mark_dead`); no call reaches it any more.
     #[error("Dead agent")]
     DeadAgent,
