@@ -6,7 +6,7 @@
 //! [`sim_agent::RemoteAgent`] on the VM's socket) and closes for good when
 //!
 //! - a call fails because the connection went (a `drop` fault, a guest that died or whose
-//!   agent restarted: [`AgentError::ConnectionClosed`]), or
+//!   agent restarted: [`AgentError::ConnectionClosed`]; a transport failure), or
 //! - the guest died, its agent restarted or ended its service (DestroySandbox), seen before a
 //!   call is sent (a closed socket).
 //!
@@ -112,7 +112,9 @@ impl<A: AgentRpc> Connection<A> {
         tokio::select! {
             biased;
             r = call => match r {
-                Err(AgentError::ConnectionClosed | AgentError::Closed(_)) => {
+                // A ttrpc client whose socket failed is as closed (the wire's "reserve
+                // channel capacity failed: channel closed").
+                Err(AgentError::ConnectionClosed | AgentError::Closed(_) | AgentError::Transport(_)) => {
                     self.close();
                     Err(self.state.words.in_flight.clone())
                 }

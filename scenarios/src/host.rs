@@ -485,7 +485,12 @@ impl<T: Transport> Host<T> {
                 .map_err(|e| format!("GetGuestDetails: {e}"))?;
             }
         }
-        self.spawn_background(agent);
+        // runtime-rs starts its OOM watcher and health check with the sandbox (sandbox.rs
+        // `start`); the Go shim with the sandbox container's task Start (start.go:
+        // `watchSandbox`, `watchOOMEvents`), see `Step::Start`.
+        if self.persona == Persona::Rs {
+            self.spawn_background(agent);
+        }
         Ok(())
     }
 
@@ -1289,6 +1294,11 @@ async fn run_step<T: Transport>(host: &mut Host<T>, step: &Step) -> Result<(), S
                 .map(|_| ()),
             }
             .map_err(|e| format!("StartContainer {cid}: {e}"))?;
+            if host.persona == Persona::Go && host.background.is_empty() {
+                // Go's monitor and OOM watcher start with the first task Start (start.go;
+                // fault-truth/go-i-sleep5: GetOOMEvent after StartContainer, Check 5 s later).
+                host.spawn_background(agent.clone());
+            }
             let eid = host
                 .containers
                 .get(cid)
