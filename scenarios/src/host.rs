@@ -4,7 +4,8 @@
 //! | | `go` (virtcontainers) | `rs` (runtime-rs) |
 //! |---|---|---|
 //! | sandbox start | CreateVM, StartVM, Check, CreateSandbox, GetGuestDetails | CreateVM, StartVM, CreateSandbox, GetGuestDetails |
-//! | background | GetOOMEvent loop (1 s back-off); monitor: VM check + Check every 5 s, markDead on failure | GetOOMEvent loop (no back-off); Check every 30 s |
+//! | background | from the first task Start: GetOOMEvent loop (1 s back-off, ends on a closed or dead agent); monitor: VM check + Check every 5 s, markDead on failure | from sandbox start: GetOOMEvent loop (no back-off, never ends); Check every 30 s |
+//! | lost connection | never re-dialled: later calls fail with `ttrpc: closed`; a failed wait is exit 255; the forced stop ignores RemoveContainer's error | never re-dialled: later calls fail with `ttrpc err: local stream closed`; a failed RemoveContainer is a warning |
 //! | container | CopyFile (shared_fs none), CreateContainer (exec id = container id) | CopyFile, CreateContainer (exec id "") |
 //! | output | ReadStdout/ReadStderr (32 KiB) to the end, then WaitProcess | the same with 8 KiB |
 //! | stop | SignalProcess(9, all), WaitProcess, GetDiagnosticData*, RemoveContainer(0), RemoveStaleVirtiofsShareMounts | GetDiagnosticData*, SignalProcess(9), RemoveContainer(10) |
@@ -21,7 +22,8 @@
 //! bound of real time (a watchdog thread); a run that hits one reports the call the host was
 //! stuck in (`stuck in WaitProcess{container_id=c1, exec_id=c1} after 3600 s of virtual
 //! time`). No host loop spins on the paused clock: each poll of the OOM watcher waits a round
-//! trip ([`POLL_ROUND_TRIP`]) of virtual time, the monitor its period, and the records fold
+//! trip ([`POLL_ROUND_TRIP`]) of virtual time (runtime-rs's retry after an error
+//! [`RS_OOM_RETRY`]), the monitor its period, and the records fold
 //! repeats (the trace is [`Trace::folding`], warnings fold the same way), so memory grows
 //! with what changes, not with the number of polls. A panic in a step, the host or the model
 //! is that run's error, with its message.
