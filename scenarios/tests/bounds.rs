@@ -99,7 +99,7 @@ fn an_oom_fault_on_the_oom_watcher_does_not_spin() {
     assert!(
         o.warnings
             .iter()
-            .any(|w| w.text == "OOM event for container c1" && w.count > 1)
+            .any(|w| w.message.contains("OOM event for container c1") && w.count > 1)
     );
     assert!(o.faults.len() < 40, "{:?}", o.faults);
     assert_eq!(o.processes["c1"].exit_code, Some(137));
