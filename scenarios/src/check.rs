@@ -116,7 +116,7 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
         miss("errors".into(), "none".into(), quoted_list(&o.errors));
     }
     for want in &e.warnings {
-        if !o.warnings.iter().any(|x| x.text.contains(want.as_str())) {
+        if !o.warnings.iter().any(|x| x.line().contains(want.as_str())) {
             let warnings: Vec<String> = o.warnings.iter().map(ToString::to_string).collect();
             miss(
                 "warnings".into(),
@@ -151,6 +151,43 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
             miss(format!("absent {m}"), "never called".into(), c.to_string());
         }
     }
+    for (key, want) in &e.tasks {
+        let got = o.tasks.get(key);
+        let shown = || got.map_or("no task".to_string(), ToString::to_string);
+        if let Some(st) = want.status
+            && got.map(|t| t.status) != Some(st)
+        {
+            miss(format!("tasks.{key}.status"), st.name().into(), shown());
+        }
+        if let Some(code) = want.exit_status
+            && got.and_then(|t| t.exit_status) != Some(code)
+        {
+            miss(
+                format!("tasks.{key}.exit_status"),
+                code.to_string(),
+                shown(),
+            );
+        }
+        let at = got.map(|t| t.published_at.as_secs_f64());
+        if let Some(after) = want.published_after
+            && !at.is_some_and(|at| at >= after.secs())
+        {
+            miss(
+                format!("tasks.{key}.published_after"),
+                format!("published at or after {} s", after.secs()),
+                shown(),
+            );
+        }
+        if let Some(before) = want.published_before
+            && !at.is_some_and(|at| at < before.secs())
+        {
+            miss(
+                format!("tasks.{key}.published_before"),
+                format!("published before {} s", before.secs()),
+                shown(),
+            );
+        }
+    }
     let fired = o.faults_fired();
     if let Some(n) = e.faults_fired
         && n as u64 != fired
@@ -176,7 +213,7 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
 mod tests {
     use super::*;
     use crate::host::{ProcessOutcome, failed};
-    use crate::record::{Call, FaultFired};
+    use crate::record::{Call, FaultFired, TaskState, TaskStatus};
     use sim_agent::{CallStatus, Method, Op};
 
     fn scenario(expect: &str) -> Scenario {
@@ -212,6 +249,9 @@ mod tests {
   order: [[DestroySandbox, Check]]
   absent: [Check]
   faults_fired: 1
+  tasks:
+    c1: { status: stopped, exit_status: 2, published_after: 30 }
+    c2: { status: running, published_before: 1 }
 ",
         );
         let mut o = failed(&s, "boom".into());
@@ -231,6 +271,15 @@ mod tests {
             count: 2,
         }];
         o.faults_not_kept = 5;
+        o.tasks.insert(
+            "c1".into(),
+            TaskState {
+                status: TaskStatus::Running,
+                exit_status: None,
+                published_at: std::time::Duration::from_millis(40),
+                exited_at: Some(std::time::Duration::from_millis(50)),
+            },
+        );
         let text = shown(&check(&s, &o)).join("\n");
         for want in [
             "exit_codes.c1:\n  - expected: 0\n  + actual:   no exit status",
@@ -242,6 +291,11 @@ mod tests {
             "order DestroySandbox before Check:\n  - expected: DestroySandbox at some call before Check\n  + actual:   DestroySandbox never called, Check at call 1",
             "absent Check:\n  - expected: never called\n  + actual:   Check container_id=c1 -> OK x3",
             "faults_fired:\n  - expected: 1\n  + actual:   7 (5 earlier ones not kept, #1 Check hang x2)",
+            "tasks.c1.status:\n  - expected: STOPPED\n  + actual:   RUNNING published_at=0.040s exited_at=0.050s (ctr task delete: FAILED_PRECONDITION)",
+            "tasks.c1.exit_status:\n  - expected: 2\n  + actual:   RUNNING",
+            "tasks.c1.published_after:\n  - expected: published at or after 30 s\n  + actual:   RUNNING published_at=0.040s",
+            "tasks.c2.status:\n  - expected: RUNNING\n  + actual:   no task",
+            "tasks.c2.published_before:\n  - expected: published before 1 s\n  + actual:   no task",
         ] {
             assert!(text.contains(want), "{want}\nnot in:\n{text}");
         }

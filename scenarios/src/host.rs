@@ -43,8 +43,9 @@ use sim_hypervisor::{Hypervisor, HypervisorConfig, Network, SimHypervisor, SimVm
 use tokio::task::JoinHandle;
 
 use crate::conn::{ClosedWords, Connection};
-use crate::record::{Call, FaultFired, Warning};
+use crate::record::{Call, FaultFired, Level, TaskState, TaskStatus, Warning};
 use crate::schema::{Persona, Scenario, SharedFs, Step, Teardown};
+use crate::words;
 
 const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
 const TERMINATION_MESSAGE_POLICY: &str = "io.kubernetes.container.terminationMessagePolicy";
@@ -135,6 +136,9 @@ pub struct Outcome {
     pub processes: BTreeMap<String, ProcessOutcome>,
     /// The host termination-message file of each container that has one (`None`: absent).
     pub host_files: BTreeMap<String, Option<String>>,
+    /// What containerd sees of each container's task at the end: the status the persona
+    /// last published and when ([`TaskState`]).
+    pub tasks: BTreeMap<String, TaskState>,
     /// Errors the host reported (failed steps).
     pub errors: Vec<String>,
     /// Warnings the host logged (and went on), identical consecutive ones folded.
@@ -163,12 +167,84 @@ impl Outcome {
 struct HostContainer {
     exec_id: String,
     host_file: Option<PathBuf>,
+    /// The host-file bind mounts of the container's spec as containerd gave it: destination,
+    /// host source.
+    host_mounts: Vec<(String, PathBuf)>,
     term_path: Option<String>,
     policy: String,
     removed: bool,
 }
 
 type Collected = Arc<Mutex<BTreeMap<String, ProcessOutcome>>>;
+
+/// When a persona publishes a container's exit to containerd (its task turns `STOPPED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExitPublished {
+    /// As soon as WaitProcess answers, before the container's stop (the Go shim at main:
+    /// `containerd-shim-v2/wait.go` publishes "*before* the sandbox teardown"; 3.19.1 did so
+    /// after it).
+    AfterWait,
+    /// After the container's stop: the termination-message copy, the kill and the removal
+    /// (runtime-rs: `process.rs` `run_io_wait` sets `Stopped` after `stop_process`).
+    AfterStop,
+}
+
+fn exit_published(persona: Persona) -> ExitPublished {
+    match persona {
+        Persona::Go => ExitPublished::AfterWait,
+        Persona::Rs => ExitPublished::AfterStop,
+    }
+}
+
+/// The task states containerd sees, and the exits the host learnt but has not published.
+#[derive(Debug, Default)]
+struct TaskBook {
+    states: BTreeMap<String, TaskState>,
+    exits: BTreeMap<String, u32>,
+}
+
+impl TaskBook {
+    /// The shim published `status` for `cid` at `at`.
+    fn publish(&mut self, cid: &str, status: TaskStatus, at: Duration) {
+        let t = self.states.entry(cid.to_string()).or_insert(TaskState {
+            status,
+            exit_status: None,
+            published_at: at,
+            exited_at: None,
+        });
+        if t.status == TaskStatus::Stopped {
+            return;
+        }
+        t.status = status;
+        t.published_at = at;
+    }
+
+    /// The host's WaitProcess for `cid`'s init process answered `code` at `at`.
+    fn exited(&mut self, cid: &str, code: u32, at: Duration) {
+        self.exits.entry(cid.to_string()).or_insert(code);
+        if let Some(t) = self.states.get_mut(cid)
+            && t.exited_at.is_none()
+        {
+            t.exited_at = Some(at);
+        }
+    }
+
+    /// Publishes `cid`'s exit at `at`, once the host learnt it.
+    fn publish_exit(&mut self, cid: &str, at: Duration) {
+        let Some(code) = self.exits.get(cid).copied() else {
+            return;
+        };
+        if let Some(t) = self.states.get_mut(cid)
+            && t.status != TaskStatus::Stopped
+        {
+            t.status = TaskStatus::Stopped;
+            t.exit_status = Some(code);
+            t.published_at = at;
+        }
+    }
+}
+
+type Tasks = Arc<Mutex<TaskBook>>;
 
 /// How the host reaches the guest's agent.
 pub trait Transport: Send + Sync + 'static {
@@ -227,7 +303,12 @@ struct Host<T: Transport> {
     processes: Collected,
     background: Vec<(&'static str, JoinHandle<()>)>,
     log: Arc<Mutex<Log>>,
+    tasks: Tasks,
+    /// When the run started: task states are published at virtual times from here.
+    started: tokio::time::Instant,
     sandbox_up: bool,
+    /// The sandbox's id (runtime-rs names it in its health-check warning).
+    sandbox_id: String,
     vm_stopped: bool,
 }
 
@@ -239,10 +320,10 @@ struct Log {
 }
 
 impl Log {
-    fn warn(&mut self, w: String) {
+    fn warn(&mut self, w: Warning) {
         match self.warnings.last_mut() {
-            Some(last) if last.text == w => last.count = last.count.saturating_add(1),
-            _ => self.warnings.push(Warning { text: w, count: 1 }),
+            Some(last) if last.same(&w) => last.count = last.count.saturating_add(w.count),
+            _ => self.warnings.push(w),
         }
     }
 }
@@ -379,8 +460,17 @@ fn closed(e: &sim_agent::AgentError) -> bool {
 }
 
 impl<T: Transport> Host<T> {
-    fn warn(&self, w: String) {
+    fn warn(&self, w: Warning) {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).warn(w);
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, TaskBook> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Virtual time since the run started.
+    fn now(&self) -> Duration {
+        self.started.elapsed()
     }
 
     fn error(&self, e: String) {
@@ -450,6 +540,7 @@ impl<T: Transport> Host<T> {
         let agent = Connection::new(T::connect(&self.vm, &guest).await?, guest.clone(), words);
         self.agent = Some(agent.clone());
         self.sandbox_up = true;
+        self.sandbox_id = id.to_string();
         let req = agent::CreateSandboxRequest {
             hostname: hostname.to_string(),
             ..sim_agent::requests::create_sandbox(id)
@@ -491,14 +582,15 @@ impl<T: Transport> Host<T> {
         // `start`); the Go shim with the sandbox container's task Start (start.go:
         // `watchSandbox`, `watchOOMEvents`), see `Step::Start`.
         if self.persona == Persona::Rs {
-            self.spawn_background(agent);
+            self.spawn_background(agent, id);
         }
         Ok(())
     }
 
     /// The OOM loop and the liveness monitor of the persona.
-    fn spawn_background(&mut self, agent: Conn<T>) {
+    fn spawn_background(&mut self, agent: Conn<T>, sandbox_id: &str) {
         let persona = self.persona;
+        let sandbox_id = sandbox_id.to_string();
         let log = Arc::clone(&self.log);
         let a = agent.clone();
         self.background.push((
@@ -509,7 +601,7 @@ impl<T: Transport> Host<T> {
                         Ok(cid) => {
                             log.lock()
                                 .unwrap_or_else(|p| p.into_inner())
-                                .warn(format!("OOM event for container {cid}"));
+                                .warn(words::oom_event(persona, &cid));
                             POLL_ROUND_TRIP
                         }
                         // Go stops watching only on "ttrpc: closed" or "Dead agent"; any other
@@ -524,7 +616,7 @@ impl<T: Transport> Host<T> {
                         Err(e) => {
                             log.lock()
                                 .unwrap_or_else(|p| p.into_inner())
-                                .warn(format!("failed to get oom event error {e}"));
+                                .warn(words::rs_oom_event_failed(&e));
                             RS_OOM_RETRY
                         }
                     };
@@ -543,26 +635,31 @@ impl<T: Transport> Host<T> {
             };
             loop {
                 tokio::time::sleep(period).await;
+                // virtcontainers/monitor.go wraps the cause; the shim's watchSandbox logs it.
                 let failed = match persona {
                     Persona::Go => match vm.check().await {
-                        Err(e) => Some(format!("failed to ping hypervisor: {e}")),
-                        Ok(()) => Agent::check(&agent)
-                            .await
-                            .err()
-                            .map(|e| format!("failed to ping agent: {e}")),
-                    },
+                        Err(e) => Some(format!("failed to ping hypervisor process: {e}")),
+                        Ok(()) => Agent::check(&agent).await.err().map(|e| {
+                            format!("failed to ping agent: {}", words::render(Persona::Go, &e))
+                        }),
+                    }
+                    .map(|why| {
+                        Warning::new(
+                            Level::Warning,
+                            words::SANDBOX_STOPPED_UNEXPECTEDLY,
+                            Some(why),
+                        )
+                    }),
                     Persona::Rs => AgentRpc::check(&agent, Default::default(), rs_opts())
                         .await
                         .err()
-                        .map(|e| format!("health check failed: {e}")),
+                        .map(|_| words::rs_health_check_failed(&sandbox_id)),
                 };
-                if let Some(why) = failed {
+                if let Some(w) = failed {
                     if persona == Persona::Go {
                         agent.mark_dead();
                     }
-                    log.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .warn(format!("sandbox stopped unexpectedly: {why}"));
+                    log.lock().unwrap_or_else(|p| p.into_inner()).warn(w);
                     return;
                 }
             }
@@ -597,7 +694,8 @@ impl<T: Transport> Host<T> {
             .unwrap_or_default()
             .as_str()
             .to_string();
-        let mut files: Vec<(String, Vec<u8>, u32)> = Vec::new();
+        // (destination, content, mode, host source)
+        let mut files: Vec<(String, Vec<u8>, u32, Option<PathBuf>)> = Vec::new();
         if let Some(path) = &spec.termination_message_path {
             annotations.insert(TERMINATION_MESSAGE_PATH.into(), path.clone());
             annotations.insert(TERMINATION_MESSAGE_POLICY.into(), policy.clone());
@@ -608,19 +706,30 @@ impl<T: Transport> Host<T> {
                 std::fs::remove_file(&file).map_err(|e| e.to_string())?;
                 std::fs::create_dir(&file).map_err(|e| e.to_string())?;
             }
-            host_file = Some(file);
-            files.push((path.clone(), Vec::new(), 0o100644));
+            host_file = Some(file.clone());
+            // The mount's destination may be spelt apart from the annotation.
+            let dest = spec
+                .termination_message_mount
+                .clone()
+                .unwrap_or_else(|| path.clone());
+            files.push((dest, Vec::new(), 0o100644, Some(file)));
         }
         for (dest, content) in &spec.mounts {
-            files.push((dest.clone(), content.clone().into_bytes(), 0o100644));
+            files.push((dest.clone(), content.clone().into_bytes(), 0o100644, None));
         }
-        for (dest, content, mode) in files {
+        let mut host_mounts = Vec::new();
+        for (dest, content, mode, source) in files {
             // Without sharing, the runtime copies each file in and mounts the copy; with
             // virtio-fs the guest sees the shared directory (modelled as the same copy).
-            let name = dest.rsplit('/').next().unwrap_or("file").to_string();
+            let name = dest
+                .rsplit('/')
+                .find(|n| !n.is_empty())
+                .unwrap_or("file")
+                .to_string();
             let guest = format!("{SHARED}/{cid}-{:016x}-{name}", self.rng.next_u64());
             let local = self.host_dir.join(format!("copy-{cid}-{name}"));
             std::fs::write(&local, &content).map_err(|e| e.to_string())?;
+            host_mounts.push((dest.clone(), source.unwrap_or_else(|| local.clone())));
             match self.persona {
                 Persona::Go => Agent::copy_file(&agent, local, guest.clone())
                     .await
@@ -690,6 +799,8 @@ impl<T: Transport> Host<T> {
                 .map(|_| ()),
         }
         .map_err(|e| format!("CreateContainer {cid}: {e}"))?;
+        let now = self.now();
+        self.tasks().publish(&cid, TaskStatus::Created, now);
         // As upstream, the copy is decided from the container's annotations.
         let term_path = oci_annotations
             .get(TERMINATION_MESSAGE_PATH)
@@ -704,6 +815,7 @@ impl<T: Transport> Host<T> {
             HostContainer {
                 exec_id,
                 host_file,
+                host_mounts,
                 term_path,
                 policy,
                 removed: false,
@@ -721,6 +833,10 @@ impl<T: Transport> Host<T> {
         let persona = self.persona;
         let log = Arc::clone(&self.log);
         let processes = Arc::clone(&self.processes);
+        // Only a container's init process is a task containerd lists.
+        let task_book = exec
+            .is_none()
+            .then(|| (Arc::clone(&self.tasks), self.started));
         processes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -785,6 +901,21 @@ impl<T: Transport> Host<T> {
             };
             tokio::join!(reader(false), reader(true));
             let status = Agent::wait_process(&agent, cid.clone(), eid.clone()).await;
+            if let Some((tasks, started)) = task_book {
+                // A failed wait is exit 255 to both (wait.go's exitCode255, runtime-rs's
+                // UNKNOWN_EXIT_STATUS).
+                let code = status
+                    .as_ref()
+                    .ok()
+                    .and_then(|c| u32::try_from(*c).ok())
+                    .unwrap_or(255);
+                let now = started.elapsed();
+                let mut book = tasks.lock().unwrap_or_else(|p| p.into_inner());
+                book.exited(&cid, code, now);
+                if exit_published(persona) == ExitPublished::AfterWait {
+                    book.publish_exit(&cid, now);
+                }
+            }
             let code = match (persona, status) {
                 (_, Ok(code)) => Ok(code),
                 // runtime-rs counts a failed wait as exit 255.
@@ -794,7 +925,12 @@ impl<T: Transport> Host<T> {
                 (Persona::Go, Err(e)) => {
                     log.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .warn(format!("Wait for process failed: {e}"));
+                        .warn(words::said(
+                            persona,
+                            Level::Error,
+                            words::GO_WAIT_FAILED,
+                            &e,
+                        ));
                     Ok(255)
                 }
             };
@@ -823,7 +959,19 @@ impl<T: Transport> Host<T> {
         }
     }
 
+    /// Stops a container; a persona that publishes the exit after the stop publishes it
+    /// then, whether the stop failed or not (neither runtime holds the exit on a failed
+    /// removal), unless the stop never ends.
     async fn stop(&mut self, cid: &str) -> Result<(), String> {
+        let r = self.stop_container(cid).await;
+        if exit_published(self.persona) == ExitPublished::AfterStop {
+            let now = self.now();
+            self.tasks().publish_exit(cid, now);
+        }
+        r
+    }
+
+    async fn stop_container(&mut self, cid: &str) -> Result<(), String> {
         let agent = self.agent()?.clone();
         let Some(c) = self.containers.get(cid) else {
             return Err(format!("container {cid} is not created"));
@@ -832,21 +980,19 @@ impl<T: Transport> Host<T> {
             return Ok(());
         }
         let copy = self.shared_fs == SharedFs::None && c.policy == "File" && c.term_path.is_some();
-        let host_file = c.host_file.clone();
+        let host_mounts = c.host_mounts.clone();
+        let term_path = c.term_path.clone().unwrap_or_default();
         let exec_id = c.exec_id.clone();
         match self.persona {
             Persona::Go => {
-                if let Err(e) =
-                    Agent::signal_process(&agent, cid.into(), exec_id.clone(), 9, true).await
-                {
-                    self.warn(format!("kill {cid}: {e}"));
-                }
+                // container.go's stop ignores the kill's error and logs nothing.
+                let _ = Agent::signal_process(&agent, cid.into(), exec_id.clone(), 9, true).await;
                 self.let_waiter_reap(cid).await;
                 // Usually fails: the shim's waiter reaped the process already. Ignored, as
                 // upstream does.
                 let _ = Agent::wait_process(&agent, cid.into(), exec_id.clone()).await;
                 if copy {
-                    self.copy_termination_message(&agent, cid, host_file.as_ref())
+                    self.copy_termination_message(&agent, cid, &term_path, &host_mounts)
                         .await;
                 }
                 // The shim's waiter stops the container with force: a failed RemoveContainer
@@ -857,7 +1003,7 @@ impl<T: Transport> Host<T> {
             }
             Persona::Rs => {
                 if copy {
-                    self.copy_termination_message(&agent, cid, host_file.as_ref())
+                    self.copy_termination_message(&agent, cid, &term_path, &host_mounts)
                         .await;
                 }
                 let req = agent::SignalProcessRequest {
@@ -869,7 +1015,12 @@ impl<T: Transport> Host<T> {
                 if let Err(e) = AgentRpc::signal_process(&agent, req, rs_opts()).await
                     && !closed(&e)
                 {
-                    self.warn(format!("kill {cid}: {e}"));
+                    self.warn(words::said(
+                        Persona::Rs,
+                        Level::Warning,
+                        words::RS_KILL_FAILED,
+                        &e,
+                    ));
                 }
                 self.let_waiter_reap(cid).await;
                 let req = agent::RemoveContainerRequest {
@@ -880,8 +1031,11 @@ impl<T: Transport> Host<T> {
                 // cleanup_container with force (container_inner.rs): a failure is a warning
                 // and the cleanup goes on (fault-truth/rs-d-drop).
                 if let Err(e) = AgentRpc::remove_container(&agent, req, rs_opts()).await {
-                    self.warn(format!(
-                        "stop container: agent remove container failed: {e}"
+                    self.warn(words::said(
+                        Persona::Rs,
+                        Level::Warning,
+                        words::RS_REMOVE_CONTAINER_FAILED,
+                        &e,
                     ));
                 }
             }
@@ -904,7 +1058,9 @@ impl<T: Transport> Host<T> {
             match tokio::time::timeout(Duration::from_secs(1), w).await {
                 Ok(Ok(Err(e))) => self.error(e),
                 Ok(_) => {}
-                Err(_) => self.warn(format!("{cid} did not exit within 1 s of SIGKILL")),
+                Err(_) => self.warn(Warning::once(format!(
+                    "{cid} did not exit within 1 s of SIGKILL (kata-sim)"
+                ))),
             }
         }
     }
@@ -932,7 +1088,40 @@ impl<T: Transport> Host<T> {
         }
     }
 
-    async fn copy_termination_message(&self, agent: &Conn<T>, cid: &str, host: Option<&PathBuf>) {
+    /// The host file behind the mount whose destination is the termination-message path, as
+    /// the persona matches them: the Go shim as strings (`m.Destination ==
+    /// terminationMessagePath`, virtcontainers/container.go), runtime-rs as paths
+    /// (`m.destination() == Path::new(&termination_path)`, container_manager/container.rs).
+    fn term_host_file<'m>(
+        &self,
+        path: &str,
+        mounts: &'m [(String, PathBuf)],
+    ) -> Option<&'m PathBuf> {
+        mounts
+            .iter()
+            .find(|(dest, _)| match self.persona {
+                Persona::Go => dest == path,
+                Persona::Rs => std::path::Path::new(dest) == std::path::Path::new(path),
+            })
+            .map(|(_, file)| file)
+    }
+
+    /// Copies the termination message out of the guest (shared_fs none, policy File, a
+    /// path). runtime-rs looks for the host mount first and does not ask the guest without
+    /// one; Go asks, then looks for the mount when the message is not empty.
+    async fn copy_termination_message(
+        &self,
+        agent: &Conn<T>,
+        cid: &str,
+        path: &str,
+        mounts: &[(String, PathBuf)],
+    ) {
+        let host = self.term_host_file(path, mounts);
+        let no_mount = || Warning::new(Level::Warning, words::TERM_MESSAGE_NO_HOST_MOUNT, None);
+        if self.persona == Persona::Rs && host.is_none() {
+            self.warn(no_mount());
+            return;
+        }
         let r = match self.persona {
             Persona::Go => {
                 Agent::get_diagnostic_data(agent, "termination_log".into(), cid.into()).await
@@ -952,20 +1141,23 @@ impl<T: Transport> Host<T> {
         match r {
             Ok(data) if data.is_empty() => {}
             Ok(data) => {
-                let Some(path) = host else {
-                    self.warn(format!(
-                        "termination message of {cid}: no host mount for the path"
-                    ));
+                let Some(file) = host else {
+                    self.warn(no_mount());
                     return;
                 };
-                if let Err(e) = std::fs::write(path, data.as_bytes()) {
-                    self.warn(format!(
-                        "could not write the termination message of {cid}: {e}"
+                if let Err(e) = std::fs::write(file, data.as_bytes()) {
+                    self.warn(Warning::new(
+                        Level::Warning,
+                        words::TERM_MESSAGE_WRITE_FAILED,
+                        Some(words::io_error(self.persona, &e)),
                     ));
                 }
             }
-            Err(e) => self.warn(format!(
-                "could not copy the termination message of {cid}: {e}"
+            Err(e) => self.warn(words::said(
+                self.persona,
+                Level::Warning,
+                words::TERM_MESSAGE_GET_FAILED,
+                &e,
             )),
         }
     }
@@ -984,26 +1176,35 @@ impl<T: Transport> Host<T> {
         for cid in live {
             // A forced sandbox stop goes on past a container that does not stop.
             if let Err(e) = self.stop(&cid).await {
-                self.warn(format!("stopping {cid} during teardown: {e}"));
+                self.warn(Warning::once(format!(
+                    "stopping {cid} during teardown: {e} (kata-sim)"
+                )));
             }
         }
         if self.persona == Persona::Go
             && let Some(agent) = self.agent.clone()
             && let Err(e) = Agent::stop_sandbox(&agent).await
         {
-            self.warn(format!("Agent did not stop sandbox: {e}"));
+            self.warn(words::said(
+                Persona::Go,
+                Level::Warning,
+                words::AGENT_DID_NOT_STOP_SANDBOX,
+                &e,
+            ));
         }
         self.stop_background().await;
         if !self.vm_stopped && self.vm.state() == Some(sim_hypervisor::VmState::Stopped) {
-            self.warn("the VM was already stopped (it died)".into());
+            self.warn(Warning::once(
+                "the VM was already stopped (it died) (kata-sim)",
+            ));
             self.vm_stopped = true;
         }
         if !self.vm_stopped {
             match self.vm.stop_vm(false).await {
                 Ok(()) => {}
-                Err(e) if self.persona == Persona::Rs => {
-                    self.warn(format!("StopVM failed (VM may already be gone): {e}"))
-                }
+                Err(e) if self.persona == Persona::Rs => self.warn(Warning::once(format!(
+                    "StopVM failed (VM may already be gone): {e} (kata-sim)"
+                ))),
                 Err(e) => {
                     first_error.get_or_insert(format!("StopVM: {e}"));
                 }
@@ -1088,7 +1289,10 @@ pub async fn run_with_limits_traced<T: Transport>(
         processes: Arc::default(),
         background: Vec::new(),
         log: Arc::default(),
+        tasks: Arc::default(),
+        started: tokio::time::Instant::now(),
         sandbox_up: false,
+        sandbox_id: String::new(),
         vm_stopped: false,
     };
     for rule in &s.faults {
@@ -1204,6 +1408,7 @@ pub fn failed(s: &Scenario, error: String) -> Outcome {
         faults_not_kept: 0,
         processes: BTreeMap::new(),
         host_files: BTreeMap::new(),
+        tasks: BTreeMap::new(),
         errors: vec![error],
         warnings: Vec::new(),
         teardown: Teardown::Incomplete,
@@ -1265,6 +1470,7 @@ fn outcome<T: Transport>(
         faults_not_kept: engine.fired_dropped(),
         processes,
         host_files,
+        tasks: host.tasks().states.clone(),
         errors: log.errors,
         warnings: log.warnings,
         teardown,
@@ -1299,8 +1505,11 @@ async fn run_step<T: Transport>(host: &mut Host<T>, step: &Step) -> Result<(), S
             if host.persona == Persona::Go && host.background.is_empty() {
                 // Go's monitor and OOM watcher start with the first task Start (start.go;
                 // fault-truth/go-i-sleep5: GetOOMEvent after StartContainer, Check 5 s later).
-                host.spawn_background(agent.clone());
+                let sandbox_id = host.sandbox_id.clone();
+                host.spawn_background(agent.clone(), &sandbox_id);
             }
+            let now = host.now();
+            host.tasks().publish(cid, TaskStatus::Running, now);
             let eid = host
                 .containers
                 .get(cid)
@@ -1370,13 +1579,19 @@ async fn run_step<T: Transport>(host: &mut Host<T>, step: &Step) -> Result<(), S
             let agent = host.agent()?.clone();
             Agent::pause_container(&agent, cid.clone())
                 .await
-                .map_err(|e| format!("PauseContainer: {e}"))
+                .map_err(|e| format!("PauseContainer: {e}"))?;
+            let now = host.now();
+            host.tasks().publish(cid, TaskStatus::Paused, now);
+            Ok(())
         }
         Step::Resume(cid) => {
             let agent = host.agent()?.clone();
             Agent::resume_container(&agent, cid.clone())
                 .await
-                .map_err(|e| format!("ResumeContainer: {e}"))
+                .map_err(|e| format!("ResumeContainer: {e}"))?;
+            let now = host.now();
+            host.tasks().publish(cid, TaskStatus::Running, now);
+            Ok(())
         }
         Step::Update(u) => {
             let agent = host.agent()?.clone();

@@ -5,7 +5,8 @@
 //! - [`host`]: the built-in host runtime (personas `go` and `rs`); [`check`]: expectations.
 //! - [`conn`]: the host's one agent connection, never re-dialled, failing as the runtime's
 //!   client does once it is closed.
-//! - [`record`]: the typed lines of a run's record (calls, faults that fired).
+//! - [`record`]: the typed lines of a run's record (calls, faults that fired, warnings, task
+//!   states); [`words`]: the runtimes' own log messages and error renderings.
 //! - [`exec`]: the `exec` driver: a real host runtime against a kata-sim service.
 //! - [`render`]: Mermaid diagrams of a run, and diffs of two runs' agent calls.
 //! - [`runner`]: `kata-sim run` and `check`: finding files, summaries; [`junit`]: JUnit XML.
@@ -22,3 +23,4 @@ pub mod render;
 pub mod runner;
 pub mod schema;
 pub mod serve;
+pub mod words;

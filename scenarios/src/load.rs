@@ -615,6 +615,14 @@ fn check(s: &Scenario) -> Result<(), Problem<'_>> {
                         message: "no create_sandbox step before it".into(),
                     });
                 }
+                if c.termination_message_mount.is_some() && c.termination_message_path.is_none() {
+                    return Err(problem(
+                        Some("termination_message_mount"),
+                        "needs termination_message_path: it is the destination of that path's \
+                         host-file mount"
+                            .into(),
+                    ));
+                }
                 containers.insert(&c.id);
             }
             Step::Start(c)
@@ -690,6 +698,11 @@ fn check(s: &Scenario) -> Result<(), Problem<'_>> {
     for key in s.expect.host_files.keys() {
         if !containers.contains(key.as_str()) {
             return Err(unknown("expect", "host_files", key, false));
+        }
+    }
+    for key in s.expect.tasks.keys() {
+        if !containers.contains(key.as_str()) {
+            return Err(unknown("expect", "tasks", key, false));
         }
     }
     Ok(())

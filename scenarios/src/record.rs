@@ -1,5 +1,7 @@
 //! The typed lines of a run's record ([`crate::host::Outcome`]): each call the host made
-//! ([`Call`]), each fault that fired ([`FaultFired`]) and each warning ([`Warning`]). The code works on their fields; their
+//! ([`Call`]), each fault that fired ([`FaultFired`]), each warning ([`Warning`], with its
+//! [`Level`]) and each container's task as containerd sees it ([`TaskState`]). The code works
+//! on their fields; their
 //! one-line text (`Display`, also their serde form) is for people and snapshots only, and
 //! nothing parses it back.
 
@@ -157,31 +159,184 @@ impl Serialize for FaultFired {
     }
 }
 
-/// A warning the host logged (or a run of identical consecutive ones). Its text: the warning,
-/// then ` xN`.
+/// How loud a runtime logged a line: its own level names (logrus's and slog's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// `info`: the Go shim's failed GetOOMEvent, for one.
+    Info,
+    /// `warning` (logrus) / `WARN` (slog).
+    Warning,
+    /// `error`.
+    Error,
+}
+
+impl Level {
+    /// The name a runtime's log uses (`warning`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A line the host logged and went on (or a run of identical consecutive ones), in the
+/// runtime's own words, so a real shim's log can be grepped for it. Its text:
+/// `LEVEL: MESSAGE[: ERROR] xN` (`warning: Failed to get termination message from guest:
+/// rpc status: ...`): exactly runtime-rs's line; for the Go shim, logrus's `msg` and its
+/// `error` field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
-    /// What the host said.
-    pub text: String,
+    /// The level the runtime logs it at.
+    pub level: Level,
+    /// The runtime's message, as its source writes it (`crate::words`).
+    pub message: String,
+    /// The error it carries, as that runtime renders it (Go: the `error=` field).
+    pub error: Option<String>,
     /// How many times in a row it said it (at least 1).
     pub count: u64,
 }
 
 impl Warning {
-    /// A warning said once.
-    pub fn once(text: String) -> Self {
-        Warning { text, count: 1 }
+    /// A warning said once, with no error.
+    pub fn once(message: impl Into<String>) -> Self {
+        Warning {
+            level: Level::Warning,
+            message: message.into(),
+            error: None,
+            count: 1,
+        }
+    }
+
+    /// A line said once at `level`, carrying `error`.
+    pub fn new(level: Level, message: impl Into<String>, error: Option<String>) -> Self {
+        Warning {
+            level,
+            message: message.into(),
+            error,
+            count: 1,
+        }
+    }
+
+    /// Whether `other` says the same (level, message and error), whatever the counts.
+    pub fn same(&self, other: &Warning) -> bool {
+        self.level == other.level && self.message == other.message && self.error == other.error
+    }
+
+    /// The line without its count: `LEVEL: MESSAGE[: ERROR]`.
+    pub fn line(&self) -> String {
+        match &self.error {
+            Some(e) => format!("{}: {}: {e}", self.level, self.message),
+            None => format!("{}: {}", self.level, self.message),
+        }
     }
 }
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)?;
+        f.write_str(&self.line())?;
         times(f, self.count)
     }
 }
 
 impl Serialize for Warning {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A task's status as containerd's task API reports it (`ctr task ls`).
+///
+/// A scenario writes it in lower case (`expect.tasks.c1.status: running`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Created, not started.
+    Created,
+    /// Started, and no exit published.
+    Running,
+    /// Paused.
+    Paused,
+    /// Its exit is published (the shim answered containerd's Wait).
+    Stopped,
+}
+
+impl TaskStatus {
+    /// containerd's name (`RUNNING`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskStatus::Created => "CREATED",
+            TaskStatus::Running => "RUNNING",
+            TaskStatus::Paused => "PAUSED",
+            TaskStatus::Stopped => "STOPPED",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What containerd sees of a container's task at the end of a run: the status the shim last
+/// published, when (virtual time from the run's start), and when the host learnt of the
+/// process's exit (its WaitProcess answered), which may be long before the exit is published.
+/// Its text: `STOPPED exit_status=2 published_at=30.050s exited_at=0.050s`, and for a task
+/// still running or paused ` (ctr task delete: FAILED_PRECONDITION)`, as containerd's client
+/// refuses to delete it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskState {
+    /// The status.
+    pub status: TaskStatus,
+    /// The exit status containerd got (only once `STOPPED`).
+    pub exit_status: Option<u32>,
+    /// When the shim published this status.
+    pub published_at: std::time::Duration,
+    /// When the host's WaitProcess for the init process answered (or failed).
+    pub exited_at: Option<std::time::Duration>,
+}
+
+impl TaskState {
+    /// Whether `ctr task delete` succeeds (containerd's client refuses a running or paused
+    /// task with FAILED_PRECONDITION: "task must be stopped before deletion").
+    pub fn deletable(&self) -> bool {
+        !matches!(self.status, TaskStatus::Running | TaskStatus::Paused)
+    }
+}
+
+/// A duration of virtual time as `0.050s`.
+fn secs(d: std::time::Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.status.name())?;
+        if let Some(code) = self.exit_status {
+            write!(f, " exit_status={code}")?;
+        }
+        write!(f, " published_at={}", secs(self.published_at))?;
+        if let Some(at) = self.exited_at {
+            write!(f, " exited_at={}", secs(at))?;
+        }
+        if !self.deletable() {
+            f.write_str(" (ctr task delete: FAILED_PRECONDITION)")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for TaskState {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
@@ -238,6 +393,45 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&vm).unwrap(),
             r#""PauseVM -> CLOSED""#
+        );
+    }
+
+    #[test]
+    fn warnings_and_task_states_read_as_one_line() {
+        let mut w = Warning::new(
+            Level::Warning,
+            "Failed to get termination message from guest",
+            Some("ttrpc err: Receive packet timeout Elapsed(())".into()),
+        );
+        assert_eq!(
+            w.to_string(),
+            "warning: Failed to get termination message from guest: \
+             ttrpc err: Receive packet timeout Elapsed(())"
+        );
+        w.count = 2;
+        w.error = None;
+        w.level = Level::Info;
+        assert_eq!(
+            w.to_string(),
+            "info: Failed to get termination message from guest x2"
+        );
+        let ms = std::time::Duration::from_millis;
+        let mut t = TaskState {
+            status: TaskStatus::Running,
+            exit_status: None,
+            published_at: ms(40),
+            exited_at: Some(ms(50)),
+        };
+        assert_eq!(
+            t.to_string(),
+            "RUNNING published_at=0.040s exited_at=0.050s (ctr task delete: FAILED_PRECONDITION)"
+        );
+        t.status = TaskStatus::Stopped;
+        t.exit_status = Some(2);
+        t.published_at = ms(30_050);
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#""STOPPED exit_status=2 published_at=30.050s exited_at=0.050s""#
         );
     }
 

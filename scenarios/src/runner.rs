@@ -524,7 +524,7 @@ pub fn run_scenario(
         }
     };
     let outcome = match run {
-        Isolated::Ended(outcome) => outcome,
+        Isolated::Ended(outcome) => *outcome,
         Isolated::Stopped(why) => {
             let mut r = Report::scenario_not_run(file, s, why);
             r.elapsed = start.elapsed();
@@ -589,7 +589,7 @@ pub const REAL_GRACE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub enum Isolated {
     /// With an outcome (perhaps a failed one).
-    Ended(Outcome),
+    Ended(Box<Outcome>),
     /// The caller stopped waiting for it, for this reason.
     Stopped(String),
 }
@@ -602,7 +602,7 @@ where
     F: FnOnce(&Scenario) -> Outcome + Send + 'static,
 {
     match isolated_with(s, crate::host::REAL_LIMIT + REAL_GRACE, run, &mut |_| None) {
-        Isolated::Ended(o) => o,
+        Isolated::Ended(o) => *o,
         Isolated::Stopped(why) => crate::host::failed(s, why),
     }
 }
@@ -628,33 +628,36 @@ where
             let _ = tx.send(r);
         });
     if let Err(e) = spawned {
-        return Isolated::Ended(crate::host::failed(s, format!("cannot start the run: {e}")));
+        return Isolated::Ended(Box::new(crate::host::failed(
+            s,
+            format!("cannot start the run: {e}"),
+        )));
     }
     let start = Instant::now();
     loop {
         let left = wait.saturating_sub(start.elapsed());
         match rx.recv_timeout(left.min(TICK)) {
-            Ok(Ok(outcome)) => return Isolated::Ended(outcome),
+            Ok(Ok(outcome)) => return Isolated::Ended(Box::new(outcome)),
             Ok(Err(panic)) => {
-                return Isolated::Ended(crate::host::failed(
+                return Isolated::Ended(Box::new(crate::host::failed(
                     s,
                     format!("the run panicked: {}", crate::host::panic_message(&*panic)),
-                ));
+                )));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Isolated::Ended(crate::host::failed(
+                return Isolated::Ended(Box::new(crate::host::failed(
                     s,
                     "the run ended without an outcome".into(),
-                ));
+                )));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if left <= TICK => {
-                return Isolated::Ended(crate::host::failed(
+                return Isolated::Ended(Box::new(crate::host::failed(
                     s,
                     format!(
                         "the run did not end within {} s of real time; left behind",
                         wait.as_secs()
                     ),
-                ));
+                )));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if let Some(why) = tick(start.elapsed()) {

@@ -40,6 +40,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sim_agent::fault::Rule;
 use sim_agent::{AgentVersion, Op, SignalReaction};
 
+pub use crate::record::TaskStatus;
+
 /// One scenario file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -430,6 +432,11 @@ pub struct ContainerSpec {
     /// The termination-message path (sets the annotations and a bind mount from a host file).
     #[serde(default)]
     pub termination_message_path: Option<String>,
+    /// The destination of the host file's bind mount, when it is spelt apart from the
+    /// annotated `termination_message_path` (`/dev//termination-log`); default: that path.
+    /// The Go shim matches the two as strings, runtime-rs and the agent as paths.
+    #[serde(default)]
+    pub termination_message_mount: Option<String>,
     /// `File` (default) or `FallbackToLogsOnError`.
     #[serde(default)]
     pub termination_message_policy: Option<TerminationMessagePolicy>,
@@ -551,6 +558,27 @@ pub struct Expect {
     /// How many faults fire.
     #[serde(default)]
     pub faults_fired: Option<usize>,
+    /// What containerd sees of each container's task at the end (`ctr task ls`).
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskExpect>,
+}
+
+/// One container's task in `expect.tasks`; each field present must hold.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskExpect {
+    /// `created`, `running`, `paused` or `stopped`.
+    #[serde(default)]
+    pub status: Option<TaskStatus>,
+    /// The exit status containerd got.
+    #[serde(default)]
+    pub exit_status: Option<u32>,
+    /// The status was published at or after this many seconds of virtual time.
+    #[serde(default)]
+    pub published_after: Option<RunSecs>,
+    /// The status was published before this many seconds of virtual time.
+    #[serde(default)]
+    pub published_before: Option<RunSecs>,
 }
 
 /// Whether the sandbox was torn down.

@@ -99,7 +99,7 @@ fn an_oom_fault_on_the_oom_watcher_does_not_spin() {
     assert!(
         o.warnings
             .iter()
-            .any(|w| w.text == "OOM event for container c1" && w.count > 1)
+            .any(|w| w.message.contains("OOM event for container c1") && w.count > 1)
     );
     assert!(o.faults.len() < 40, "{:?}", o.faults);
     assert_eq!(o.processes["c1"].exit_code, Some(137));
@@ -148,7 +148,7 @@ fn runtime_rs_retrying_a_failing_oom_poll_folds_its_record() {
     assert!(
         o.warnings
             .iter()
-            .any(|w| w.text.starts_with("failed to get oom event error") && w.count > 1),
+            .any(|w| w.message == kata_sim::words::RS_OOM_EVENT_FAILED && w.count > 1),
         "{:?}",
         o.warnings
     );

@@ -9,6 +9,7 @@ fn wire_and_in_process_runs_agree() {
         "go-exec-stdio",
         "go-term-copied",
         "rs-fixture-term-file",
+        "rs-term-mount-spelt-apart",
         "go-term-getdiag-error",
         "go-policy-denial",
     ] {
@@ -27,6 +28,14 @@ fn wire_and_in_process_runs_agree() {
         assert_eq!(wire.processes, local.processes, "{name}");
         assert_eq!(wire.host_files, local.host_files, "{name}");
         assert_eq!(wire.teardown, local.teardown, "{name}");
+        // What containerd sees, but the times: the wire runs on the real clock.
+        let seen = |o: &kata_sim::host::Outcome| -> Vec<(String, String, Option<u32>)> {
+            o.tasks
+                .iter()
+                .map(|(id, t)| (id.clone(), t.status.name().to_string(), t.exit_status))
+                .collect()
+        };
+        assert_eq!(seen(&wire), seen(&local), "{name}");
         assert!(
             kata_sim::check::check(&s, &wire).is_empty(),
             "{name} over the wire: {:?}",

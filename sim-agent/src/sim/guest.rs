@@ -386,6 +386,10 @@ impl Guest {
 
     /// The guest path of a container's termination message (the source of the mount whose
     /// destination is the annotated path), with the real agent's errors.
+    ///
+    /// The two are compared as paths, as the agent does (`Path == Path` in
+    /// `do_read_termination_log`, src/agent/src/rpc.rs): components, so `/dev//termination-log`
+    /// and `/dev/./termination-log/` name `/dev/termination-log`, but `..` is not resolved.
     pub fn termination_log_source(&self, cid: &str) -> Result<String> {
         let st = self.lock();
         let c = st
@@ -400,7 +404,7 @@ impl Guest {
         c.spec
             .Mounts
             .iter()
-            .find(|m| m.destination == *path)
+            .find(|m| std::path::Path::new(&m.destination) == std::path::Path::new(path))
             .map(|m| m.source.clone())
             .ok_or_else(|| {
                 AgentError::internal(format!("termination message mount not found for {path}"))

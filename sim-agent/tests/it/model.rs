@@ -403,3 +403,44 @@ async fn a_containers_made_up_image_root_goes_with_it_and_a_real_one_stays() {
         "what the host put there stays"
     );
 }
+
+/// GetDiagnosticData finds the termination-message mount as the agent does: the annotation and
+/// the mount destination compared as paths (`/dev//termination-log` is `/dev/termination-log`;
+/// `..` is not resolved), and the container's own writes go through that mount.
+#[tokio::test]
+async fn the_termination_message_mount_is_matched_as_a_path() {
+    async fn message(destination: &str) -> Result<String, AgentError> {
+        let sim = SimAgent::new().unwrap();
+        let term = "/run/kata-containers/shared/containers/p1-0123456789abcdef-termination-log";
+        let host = tempfile::NamedTempFile::new().unwrap();
+        sim.copy_file(host.path().to_path_buf(), term.into())
+            .await
+            .unwrap();
+        let mut req = with_termination_log(
+            create_req("p1", &["/bin/sh", "-c", "echo bye > /dev/termination-log"]),
+            term,
+        );
+        let spec = req.OCI.mut_or_insert_default();
+        let m = spec.Mounts.iter_mut().find(|m| m.source == term).unwrap();
+        m.destination = destination.into();
+        sim.create_container(req).await.unwrap();
+        sim.start_container("p1".into()).await.unwrap();
+        bounded(sim.wait_process("p1".into(), "p1".into()))
+            .await
+            .unwrap();
+        sim.get_diagnostic_data("termination_log".into(), "p1".into())
+            .await
+    }
+    for same in [
+        "/dev/termination-log",
+        "/dev//termination-log",
+        "/dev/./termination-log/",
+    ] {
+        assert_eq!(message(same).await.unwrap(), "bye\n", "{same}");
+    }
+    let err = message("/dev/../dev/termination-log").await.unwrap_err();
+    assert_eq!(
+        err.message(),
+        Some("termination message mount not found for /dev/termination-log")
+    );
+}

@@ -84,19 +84,23 @@ impl ContainerView {
             "/dev/stderr" | "/proc/self/fd/2" | "/dev/fd/2" => return Ok(Target::Stderr),
             _ => {}
         }
-        // The mount with the longest destination that contains the path wins.
+        // The mount with the longest destination that contains the path wins. A destination
+        // is where the kernel mounted it: normalised as the path is (`/dev//x` is `/dev/x`).
         let mount = self
             .mounts
             .iter()
             .filter(|m| m.bind)
-            .filter(|m| {
-                let d = m.destination.trim_end_matches('/');
-                p == d || p.starts_with(&format!("{d}/")) || d.is_empty()
+            .map(|m| {
+                let d = normalize("/", &m.destination);
+                // `/` covers every path; its prefix is empty.
+                let d = if d == "/" { String::new() } else { d };
+                (m, d)
             })
-            .max_by_key(|m| m.destination.trim_end_matches('/').len());
+            .filter(|(_, d)| p == *d || p.starts_with(&format!("{d}/")) || d.is_empty())
+            .max_by_key(|(_, d)| d.len());
         Ok(match mount {
-            Some(m) => {
-                let rest = &p[m.destination.trim_end_matches('/').len()..];
+            Some((m, d)) => {
+                let rest = &p[d.len()..];
                 Target::File(Arc::clone(&self.guest), format!("{}{rest}", m.source))
             }
             None => Target::File(Arc::new(self.guest.subdir(&self.rootfs)?), p),
@@ -371,5 +375,33 @@ mod tests {
         r.write(&p, b"x").unwrap();
         assert!(root.path().join("run/c/rootfs/etc/passwd").is_file());
         assert!(!root.path().join("etc").exists());
+    }
+
+    #[test]
+    fn a_mount_destination_is_seen_normalised_as_the_kernel_mounted_it() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("run/c/rootfs")).unwrap();
+        let bind = |destination: &str, source: &str| MountView {
+            destination: destination.into(),
+            source: source.into(),
+            bind: true,
+        };
+        let view = ContainerView {
+            guest: Arc::new(Confined::open(root.path()).unwrap()),
+            rootfs: "/run/c/rootfs".into(),
+            mounts: vec![
+                bind("/dev//termination-log", "/run/shared/c-term"),
+                bind("/data/./", "/run/shared/vol"),
+            ],
+            cwd: "/".into(),
+        };
+        assert_eq!(
+            host(&view, "/dev/termination-log").unwrap(),
+            root.path().join("run/shared/c-term")
+        );
+        assert_eq!(
+            host(&view, "/data/x").unwrap(),
+            root.path().join("run/shared/vol/x")
+        );
     }
 }
