@@ -489,7 +489,11 @@ mod tests {
         assert_eq!(a, run(7, &grouped));
         assert_eq!(a, run(7, &reversed));
         assert_ne!(a, run(8, &each_in_turn), "another seed draws otherwise");
-        let faults = a.values().flatten().filter(|v| **v != Verdict::Pass).count();
+        let faults = a
+            .values()
+            .flatten()
+            .filter(|v| **v != Verdict::Pass)
+            .count();
         assert!(faults > 5 && faults < 35, "{faults} of 40 fired");
     }
 
@@ -506,7 +510,11 @@ mod tests {
         }
         let st = engine.lock();
         let draws = &st.rules.values().next().expect("the rule").draws;
-        assert_eq!(draws.len(), DRAW_KEYS_PER_RULE + 1, "the rest share one count");
+        assert_eq!(
+            draws.len(),
+            DRAW_KEYS_PER_RULE + 1,
+            "the rest share one count"
+        );
         assert_eq!(draws[&SHARED_DRAW_KEY], 100);
     }
 
