@@ -52,7 +52,7 @@
 //! | `setGuestDateTime` | [`Agent::set_guest_date_time`] | `SetGuestDateTime` (60 s) |
 //! | `copyFile` | [`Agent::copy_file`] | `CopyFile` in 1 MiB chunks (60 s each) |
 //! | `addSwap` | [`Agent::add_swap`] | `AddSwap` (60 s) |
-//! | `markDead` | [`Agent::mark_dead`] | host-local: every later call fails with "Dead agent" |
+//! | `markDead` | [`Agent::mark_dead`] | host-local: calls in flight fail at once with "ttrpc: closed", every later call with "Dead agent" |
 //! | `cleanup` | [`Agent::cleanup`] | host-local |
 //! | `save` | [`Agent::save`] | host-local |
 //! | `load` | [`Agent::load`] | host-local |
@@ -149,9 +149,17 @@ struct HostInner {
 }
 
 /// The host's view of one agent: what Go's `kataAgent` keeps besides the connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HostState {
     inner: Mutex<HostInner>,
+    /// Becomes `true` once, at [`Agent::mark_dead`]: calls in flight wait on it.
+    dead: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for HostState {
+    fn default() -> Self {
+        Self::new(None)
+    }
 }
 
 impl HostState {
@@ -162,6 +170,43 @@ impl HostState {
                 url,
                 ..Default::default()
             }),
+            dead: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Marks the agent dead (Go's `markDead`: `dead = true`, then `disconnect`, which closes
+    /// the ttrpc client): every later call fails with "Dead agent", and every call in flight
+    /// fails at once with "ttrpc: closed" ([`HostState::while_alive`], [`HostState::died`]).
+    pub fn mark_dead(&self) {
+        {
+            let mut host = self.lock();
+            host.dead = true;
+            host.connected = false;
+        }
+        self.dead.send_replace(true);
+    }
+
+    /// Resolves once the agent is marked dead (at once if it is).
+    pub async fn died(&self) {
+        let mut dead = self.dead.subscribe();
+        // The sender lives as long as `self`: `wait_for` only returns once the value is true.
+        let _ = dead.wait_for(|d| *d).await;
+    }
+
+    /// Runs one call unless the agent is marked dead first: a call in flight at
+    /// [`HostState::mark_dead`] fails at once with [`AgentError::ConnectionClosed`], as an
+    /// in-flight call of Go's ttrpc client does when `markDead` closes it (`ErrClosed`,
+    /// `ttrpc: closed`), whatever the guest would have answered.
+    pub async fn while_alive<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        // The call first: one that already ended (the guest died under it and closed the
+        // connection before the host marked the agent dead) keeps its own end.
+        tokio::select! {
+            biased;
+            r = call => r,
+            () = self.died() => Err(AgentError::ConnectionClosed),
         }
     }
 
@@ -317,7 +362,8 @@ pub trait Agent: Send + Sync {
     async fn copy_file(&self, src: PathBuf, dst: String) -> Result<()>;
     /// `AddSwap` for the device at PCI path `pci_path` (`"02/00"`).
     async fn add_swap(&self, pci_path: String) -> Result<()>;
-    /// Marks the agent dead: every later call fails at once with "Dead agent".
+    /// Marks the agent dead ([`HostState::mark_dead`]): every call in flight fails at once
+    /// with "ttrpc: closed", every later call with "Dead agent".
     fn mark_dead(&self);
     /// Host-local cleanup of the sandbox's shared directory.
     async fn cleanup(&self);
@@ -354,6 +400,15 @@ fn none() -> CallOpts {
     CallOpts::default()
 }
 
+/// One RPC of the blanket [`Agent`] impl: it fails at once with "ttrpc: closed" when the
+/// agent is marked dead while it waits ([`HostState::while_alive`]).
+async fn alive<T>(
+    host: &HostState,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    host.while_alive(call).await
+}
+
 /// Parses a Kata PCI path (`"02/00"`, hex slots) into its slot numbers.
 pub fn parse_pci_path(path: &str) -> Result<Vec<u32>> {
     path.split('/')
@@ -380,13 +435,12 @@ impl<T: AgentRpc + ?Sized> Agent for T {
 
     async fn check(&self) -> Result<()> {
         self.host().ensure_alive()?;
-        AgentRpc::check(
+        let call = AgentRpc::check(
             self,
             health::CheckRequest::new(),
             CallOpts::with_timeout(CHECK_REQUEST_TIMEOUT),
-        )
-        .await
-        .map(drop)
+        );
+        alive(self.host(), call).await.map(drop)
     }
 
     fn long_live_conn(&self) -> bool {
@@ -423,7 +477,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
 
     async fn exec(&self, req: agent::ExecProcessRequest) -> Result<()> {
         self.host().ensure_alive()?;
-        self.exec_process(req, d()).await.map(drop)
+        alive(self.host(), self.exec_process(req, d()))
+            .await
+            .map(drop)
     }
 
     async fn start_sandbox(&self, req: agent::CreateSandboxRequest) -> Result<()> {
@@ -432,22 +488,30 @@ impl<T: AgentRpc + ?Sized> Agent for T {
         if let Some(policy) = self.host().config().policy {
             Agent::set_policy(self, policy).await?;
         }
-        AgentRpc::create_sandbox(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::create_sandbox(self, req, d()))
+            .await
+            .map(drop)
     }
 
     async fn stop_sandbox(&self) -> Result<()> {
         self.host().ensure_alive()?;
-        self.destroy_sandbox(agent::DestroySandboxRequest::new(), d())
-            .await
-            .map(drop)
+        alive(
+            self.host(),
+            self.destroy_sandbox(agent::DestroySandboxRequest::new(), d()),
+        )
+        .await
+        .map(drop)
     }
 
     async fn create_container(&self, req: agent::CreateContainerRequest) -> Result<()> {
         self.host().ensure_alive()?;
         let timeout = self.host().config().create_container_timeout;
-        AgentRpc::create_container(self, req, CallOpts::with_timeout(timeout))
-            .await
-            .map(drop)
+        alive(
+            self.host(),
+            AgentRpc::create_container(self, req, CallOpts::with_timeout(timeout)),
+        )
+        .await
+        .map(drop)
     }
 
     async fn start_container(&self, container_id: String) -> Result<()> {
@@ -456,7 +520,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             container_id,
             ..Default::default()
         };
-        AgentRpc::start_container(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::start_container(self, req, d()))
+            .await
+            .map(drop)
     }
 
     async fn stop_container(&self, container_id: String) -> Result<()> {
@@ -466,7 +532,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             timeout: 0,
             ..Default::default()
         };
-        self.remove_container(req, d()).await.map(drop)
+        alive(self.host(), self.remove_container(req, d()))
+            .await
+            .map(drop)
     }
 
     async fn signal_process(
@@ -484,7 +552,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             signal,
             ..Default::default()
         };
-        AgentRpc::signal_process(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::signal_process(self, req, d()))
+            .await
+            .map(drop)
     }
 
     async fn winsize_process(
@@ -502,7 +572,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             column: width,
             ..Default::default()
         };
-        self.tty_win_resize(req, d()).await.map(drop)
+        alive(self.host(), self.tty_win_resize(req, d()))
+            .await
+            .map(drop)
     }
 
     async fn write_process_stdin(
@@ -518,7 +590,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             data,
             ..Default::default()
         };
-        self.write_stdin(req, d()).await.map(|r| r.len)
+        alive(self.host(), self.write_stdin(req, d()))
+            .await
+            .map(|r| r.len)
     }
 
     async fn close_process_stdin(&self, container_id: String, process_id: String) -> Result<()> {
@@ -528,7 +602,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             exec_id: process_id,
             ..Default::default()
         };
-        self.close_stdin(req, d()).await.map(drop)
+        alive(self.host(), self.close_stdin(req, d()))
+            .await
+            .map(drop)
     }
 
     async fn read_process_stdout(
@@ -544,7 +620,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             len,
             ..Default::default()
         };
-        self.read_stdout(req, none()).await.map(|r| r.data)
+        alive(self.host(), self.read_stdout(req, none()))
+            .await
+            .map(|r| r.data)
     }
 
     async fn read_process_stderr(
@@ -560,7 +638,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             len,
             ..Default::default()
         };
-        self.read_stderr(req, none()).await.map(|r| r.data)
+        alive(self.host(), self.read_stderr(req, none()))
+            .await
+            .map(|r| r.data)
     }
 
     async fn update_container(
@@ -574,7 +654,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             resources: Some(resources).into(),
             ..Default::default()
         };
-        AgentRpc::update_container(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::update_container(self, req, d()))
+            .await
+            .map(drop)
     }
 
     async fn wait_process(&self, container_id: String, process_id: String) -> Result<i32> {
@@ -584,7 +666,7 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             exec_id: process_id,
             ..Default::default()
         };
-        AgentRpc::wait_process(self, req, none())
+        alive(self.host(), AgentRpc::wait_process(self, req, none()))
             .await
             .map(|r| r.status)
     }
@@ -597,7 +679,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             cpu_only,
             ..Default::default()
         };
-        AgentRpc::online_cpu_mem(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::online_cpu_mem(self, req, d()))
+            .await
+            .map(drop)
     }
 
     async fn mem_hotplug_by_probe(
@@ -617,7 +701,7 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             memHotplugProbeAddr: addrs,
             ..Default::default()
         };
-        AgentRpc::mem_hotplug_by_probe(self, req, d())
+        alive(self.host(), AgentRpc::mem_hotplug_by_probe(self, req, d()))
             .await
             .map(drop)
     }
@@ -628,7 +712,7 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             container_id,
             ..Default::default()
         };
-        AgentRpc::stats_container(self, req, d()).await
+        alive(self.host(), AgentRpc::stats_container(self, req, d())).await
     }
 
     async fn pause_container(&self, container_id: String) -> Result<()> {
@@ -637,7 +721,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             container_id,
             ..Default::default()
         };
-        AgentRpc::pause_container(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::pause_container(self, req, d()))
+            .await
+            .map(drop)
     }
 
     async fn resume_container(&self, container_id: String) -> Result<()> {
@@ -646,15 +732,20 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             container_id,
             ..Default::default()
         };
-        AgentRpc::resume_container(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::resume_container(self, req, d()))
+            .await
+            .map(drop)
     }
 
     async fn remove_stale_virtiofs_share_mounts(&self) -> Result<()> {
         self.host().ensure_alive()?;
         let req = agent::RemoveStaleVirtiofsShareMountsRequest::new();
-        AgentRpc::remove_stale_virtiofs_share_mounts(self, req, d())
-            .await
-            .map(drop)
+        alive(
+            self.host(),
+            AgentRpc::remove_stale_virtiofs_share_mounts(self, req, d()),
+        )
+        .await
+        .map(drop)
     }
 
     async fn configure(&self, sandbox: SandboxConfig, config: AgentConfig) -> Result<()> {
@@ -677,7 +768,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             data,
             ..Default::default()
         };
-        self.reseed_random_dev(req, d()).await.map(drop)
+        alive(self.host(), self.reseed_random_dev(req, d()))
+            .await
+            .map(drop)
     }
 
     async fn update_interface(&self, interface: types::Interface) -> Result<types::Interface> {
@@ -686,13 +779,13 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             interface: Some(interface).into(),
             ..Default::default()
         };
-        AgentRpc::update_interface(self, req, d()).await
+        alive(self.host(), AgentRpc::update_interface(self, req, d())).await
     }
 
     async fn list_interfaces(&self) -> Result<Vec<types::Interface>> {
         self.host().ensure_alive()?;
         let req = agent::ListInterfacesRequest::new();
-        AgentRpc::list_interfaces(self, req, d())
+        alive(self.host(), AgentRpc::list_interfaces(self, req, d()))
             .await
             .map(|r| r.Interfaces)
     }
@@ -703,9 +796,12 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             storages,
             ..Default::default()
         };
-        AgentRpc::update_ephemeral_mounts(self, req, d())
-            .await
-            .map(drop)
+        alive(
+            self.host(),
+            AgentRpc::update_ephemeral_mounts(self, req, d()),
+        )
+        .await
+        .map(drop)
     }
 
     async fn update_routes(&self, routes: Vec<types::Route>) -> Result<Vec<types::Route>> {
@@ -718,16 +814,19 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             .into(),
             ..Default::default()
         };
-        AgentRpc::update_routes(self, req, d())
+        alive(self.host(), AgentRpc::update_routes(self, req, d()))
             .await
             .map(|r| r.Routes)
     }
 
     async fn list_routes(&self) -> Result<Vec<types::Route>> {
         self.host().ensure_alive()?;
-        AgentRpc::list_routes(self, agent::ListRoutesRequest::new(), d())
-            .await
-            .map(|r| r.Routes)
+        alive(
+            self.host(),
+            AgentRpc::list_routes(self, agent::ListRoutesRequest::new(), d()),
+        )
+        .await
+        .map(|r| r.Routes)
     }
 
     async fn get_guest_details(
@@ -735,7 +834,7 @@ impl<T: AgentRpc + ?Sized> Agent for T {
         req: agent::GuestDetailsRequest,
     ) -> Result<agent::GuestDetailsResponse> {
         self.host().ensure_alive()?;
-        AgentRpc::get_guest_details(self, req, d()).await
+        alive(self.host(), AgentRpc::get_guest_details(self, req, d())).await
     }
 
     async fn set_guest_date_time(&self, time: SystemTime) -> Result<()> {
@@ -748,7 +847,7 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             Usec: i64::from(since.subsec_micros()),
             ..Default::default()
         };
-        AgentRpc::set_guest_date_time(self, req, d())
+        alive(self.host(), AgentRpc::set_guest_date_time(self, req, d()))
             .await
             .map(drop)
     }
@@ -772,15 +871,21 @@ impl<T: AgentRpc + ?Sized> Agent for T {
                 data: target.as_os_str().as_encoded_bytes().to_vec(),
                 ..base
             };
-            return AgentRpc::copy_file(self, req, d()).await.map(drop);
+            return alive(self.host(), AgentRpc::copy_file(self, req, d()))
+                .await
+                .map(drop);
         }
         if meta.is_dir() {
-            return AgentRpc::copy_file(self, base, d()).await.map(drop);
+            return alive(self.host(), AgentRpc::copy_file(self, base, d()))
+                .await
+                .map(drop);
         }
         let content = std::fs::read(&src).map_err(host_err)?;
         let file_size = content.len() as i64;
         if content.is_empty() {
-            return AgentRpc::copy_file(self, base, d()).await.map(drop);
+            return alive(self.host(), AgentRpc::copy_file(self, base, d()))
+                .await
+                .map(drop);
         }
         for (i, chunk) in content.chunks(COPY_FILE_CHUNK).enumerate() {
             let req = agent::CopyFileRequest {
@@ -789,7 +894,7 @@ impl<T: AgentRpc + ?Sized> Agent for T {
                 data: chunk.to_vec(),
                 ..base.clone()
             };
-            AgentRpc::copy_file(self, req, d()).await?;
+            alive(self.host(), AgentRpc::copy_file(self, req, d())).await?;
         }
         Ok(())
     }
@@ -800,13 +905,13 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             PCIPath: parse_pci_path(&pci_path)?,
             ..Default::default()
         };
-        AgentRpc::add_swap(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::add_swap(self, req, d()))
+            .await
+            .map(drop)
     }
 
     fn mark_dead(&self) {
-        let mut host = self.host().lock();
-        host.dead = true;
-        host.connected = false;
+        self.host().mark_dead();
     }
 
     async fn cleanup(&self) {
@@ -825,14 +930,17 @@ impl<T: AgentRpc + ?Sized> Agent for T {
 
     async fn get_oom_event(&self) -> Result<String> {
         self.host().ensure_alive()?;
-        AgentRpc::get_oom_event(self, agent::GetOOMEventRequest::new(), none())
-            .await
-            .map(|r| r.container_id)
+        alive(
+            self.host(),
+            AgentRpc::get_oom_event(self, agent::GetOOMEventRequest::new(), none()),
+        )
+        .await
+        .map(|r| r.container_id)
     }
 
     async fn get_agent_metrics(&self, req: agent::GetMetricsRequest) -> Result<agent::Metrics> {
         self.host().ensure_alive()?;
-        AgentRpc::get_metrics(self, req, d()).await
+        alive(self.host(), AgentRpc::get_metrics(self, req, d())).await
     }
 
     async fn get_guest_volume_stats(
@@ -844,7 +952,7 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             volume_guest_path,
             ..Default::default()
         };
-        AgentRpc::get_volume_stats(self, req, d()).await
+        alive(self.host(), AgentRpc::get_volume_stats(self, req, d())).await
     }
 
     async fn resize_guest_volume(&self, volume_guest_path: String, size: u64) -> Result<()> {
@@ -854,7 +962,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             size,
             ..Default::default()
         };
-        AgentRpc::resize_volume(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::resize_volume(self, req, d()))
+            .await
+            .map(drop)
     }
 
     async fn get_ip_tables(&self, is_ipv6: bool) -> Result<Vec<u8>> {
@@ -863,7 +973,7 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             is_ipv6,
             ..Default::default()
         };
-        AgentRpc::get_ip_tables(self, req, d())
+        alive(self.host(), AgentRpc::get_ip_tables(self, req, d()))
             .await
             .map(|r| r.data)
     }
@@ -875,7 +985,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             data,
             ..Default::default()
         };
-        AgentRpc::set_ip_tables(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::set_ip_tables(self, req, d()))
+            .await
+            .map(drop)
     }
 
     async fn set_policy(&self, policy: String) -> Result<()> {
@@ -884,7 +996,9 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             policy,
             ..Default::default()
         };
-        AgentRpc::set_policy(self, req, d()).await.map(drop)
+        alive(self.host(), AgentRpc::set_policy(self, req, d()))
+            .await
+            .map(drop)
     }
 
     async fn get_diagnostic_data(&self, log_type: String, container_id: String) -> Result<String> {
@@ -894,7 +1008,7 @@ impl<T: AgentRpc + ?Sized> Agent for T {
             container_id,
             ..Default::default()
         };
-        AgentRpc::get_diagnostic_data(self, req, d())
+        alive(self.host(), AgentRpc::get_diagnostic_data(self, req, d()))
             .await
             .map(|r| r.data)
     }

@@ -4,11 +4,20 @@
 //! It dials the Kata URL schemes as the runtimes do: `unix://`, `remote://` and `mock://` are
 //! plain unix sockets; `hvsock://PATH[:PORT]` adds the `CONNECT <port>` handshake;
 //! `vsock://CID:PORT` is AF_VSOCK.
+//!
+//! Marking it dead ([`crate::Agent::mark_dead`]) closes its connection, as Go's `markDead`
+//! closes the ttrpc client: calls in flight fail at once, the agent sees the host hang up.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use protobuf::well_known_types::empty::Empty;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
+use ttrpc::r#async::transport::Socket;
 
 use crate::agent::HostState;
 use crate::error::{AgentError, Result};
@@ -28,7 +37,7 @@ struct Clients {
 #[derive(Clone)]
 pub struct RemoteAgent {
     clients: Clients,
-    host: std::sync::Arc<HostState>,
+    host: Arc<HostState>,
     metadata: BTreeMap<String, Vec<String>>,
 }
 
@@ -53,22 +62,24 @@ impl RemoteAgent {
                 AgentError::Transport(e.to_string())
             })?;
         let io = |e: std::io::Error| AgentError::Transport(format!("dial {url}: {e}"));
+        let host = Arc::new(HostState::new(Some(url.to_string())));
         let socket = match &addr {
             AgentAddr::Unix { path, .. } => {
-                ttrpc::r#async::transport::Socket::new(connect_unix(path).await.map_err(io)?)
+                let s = connect_unix(path).await.map_err(io)?;
+                Socket::new(Severable::new(s, &host))
             }
             AgentAddr::HybridVsock { path, port } => {
                 let mut s = connect_unix(path).await.map_err(io)?;
                 connect_handshake(&mut s, *port, lower_case_handshake)
                     .await
                     .map_err(|e| AgentError::Transport(e.to_string()))?;
-                ttrpc::r#async::transport::Socket::new(s)
+                Socket::new(Severable::new(s, &host))
             }
             AgentAddr::Vsock { cid, port } => {
                 let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port))
                     .await
                     .map_err(io)?;
-                ttrpc::r#async::transport::Socket::new(s)
+                Socket::new(Severable::new(s, &host))
             }
         };
         let client = ttrpc::r#async::Client::new(socket);
@@ -77,7 +88,7 @@ impl RemoteAgent {
                 AgentService: agent_ttrpc::AgentServiceClient::new(client.clone()),
                 Health: health_ttrpc::HealthClient::new(client),
             },
-            host: std::sync::Arc::new(HostState::new(Some(url.to_string()))),
+            host,
             metadata: BTreeMap::new(),
         })
     }
@@ -105,6 +116,76 @@ impl RemoteAgent {
                 .extend(v.iter().cloned());
         }
         ctx
+    }
+}
+
+/// The client's end of the connection, closed when the host marks the agent dead (Go's
+/// `markDead` closes the ttrpc client, and so the socket): from then on reads see the end of
+/// the stream, so the client's connection task ends and drops the socket, and the agent sees
+/// the host hang up (and cancels the calls it was still running). Writes fail.
+struct Severable<S> {
+    inner: S,
+    /// Resolves when the agent is marked dead; polled by reads only (a read is always
+    /// pending on a live connection, so it is the one woken).
+    dead: std::sync::Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    severed: std::sync::atomic::AtomicBool,
+}
+
+impl<S> Severable<S> {
+    fn new(inner: S, host: &Arc<HostState>) -> Self {
+        let host = Arc::clone(host);
+        Severable {
+            inner,
+            dead: std::sync::Mutex::new(Box::pin(async move { host.died().await })),
+            severed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn is_severed(&self) -> bool {
+        self.severed.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Severable<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.is_severed() {
+            let dead = this.dead.get_mut().unwrap_or_else(|p| p.into_inner());
+            if dead.as_mut().poll(cx).is_ready() {
+                this.severed
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        if this.is_severed() {
+            // The end of the stream.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Severable<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.is_severed() {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -102,12 +102,26 @@ impl AgentError {
                 message: s.message.clone(),
             },
             ttrpc::Error::LocalClosed | ttrpc::Error::RemoteClosed => AgentError::ConnectionClosed,
-            ttrpc::Error::Socket(s) if s.contains("closed") || s.contains("reset") => {
+            // A connection that ends under a call (`early eof`, a reset) fails it as Go's
+            // ttrpc client does (`filterCloseErr`: EOF, EPIPE and ECONNRESET are `ttrpc:
+            // closed`).
+            ttrpc::Error::Socket(s) if closed_socket(&s) => AgentError::ConnectionClosed,
+            // A call made after the connection ended finds the client's request channel closed;
+            // Go's client answers it `ttrpc: closed` too.
+            ttrpc::Error::Others(s) if s.starts_with("reserve channel capacity failed") => {
                 AgentError::ConnectionClosed
             }
             other => AgentError::Transport(other.to_string()),
         }
     }
+}
+
+/// Whether a ttrpc socket error means the connection ended (the peer went away).
+fn closed_socket(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["closed", "reset", "eof", "broken pipe"]
+        .iter()
+        .any(|w| m.contains(w))
 }
 
 impl From<AgentError> for ttrpc::Error {
@@ -195,5 +209,30 @@ impl LookupError {
     /// error's text.
     pub fn to_internal(self) -> AgentError {
         AgentError::internal(self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_that_ended_is_ttrpc_closed_as_go_reports_it() {
+        for e in [
+            ttrpc::Error::Socket("early eof".into()),
+            ttrpc::Error::Socket("Connection reset by peer (os error 104)".into()),
+            ttrpc::Error::Socket("Broken pipe (os error 32)".into()),
+            ttrpc::Error::Others("reserve channel capacity failed: channel closed".into()),
+            ttrpc::Error::RemoteClosed,
+        ] {
+            let text = e.to_string();
+            let got = AgentError::from_ttrpc(e);
+            assert_eq!(got, AgentError::ConnectionClosed, "{text}");
+            assert_eq!(got.to_string(), "ttrpc: closed");
+        }
+        assert!(matches!(
+            AgentError::from_ttrpc(ttrpc::Error::Others("Unpack response error".into())),
+            AgentError::Transport(_)
+        ));
     }
 }

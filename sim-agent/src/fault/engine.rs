@@ -4,8 +4,13 @@
 //! Rules are consulted in installation order; the first whose target and filters match and
 //! whose current term triggers decides the call. A term with a count moves on to the next term
 //! after that many triggers (a probability that does not fire does not use up the count); when
-//! every term is used up the rule is inert. Only terms with a probability below 100% draw from
-//! the generator, so the same seed and the same call sequence give the same decisions.
+//! every term is used up the rule is inert. Only terms with a probability below 100% draw, and
+//! each draw is a function of the seed, the rule, the call (its target and key fields) and how
+//! many draws that rule already made for that same call ([`draw`]): not of the order in which
+//! concurrent calls arrive (a stdio read racing a lifecycle call, an OOM poll, a second
+//! connection), so the same seed gives the same decisions on every run and over either
+//! transport. A rule keeps one draw count per distinct call, for at most
+//! [`DRAW_KEYS_PER_RULE`] of them; calls beyond those share one count.
 //!
 //! The engine records every fault that fires ([`FaultEngine::fired`]). A long-running server
 //! keeps only the most recent ones ([`FaultEngine::bounded`], as its traces are bounded) and
@@ -25,6 +30,14 @@ use crate::error::AgentError;
 /// The id of an installed rule.
 pub type RuleId = u64;
 
+/// How many distinct calls (target and key fields) one rule keeps a draw count for; further
+/// calls share one count, so a long-running server's engine stays bounded.
+pub const DRAW_KEYS_PER_RULE: usize = 4096;
+
+/// The key of the calls that share one draw count: one past [`DRAW_KEYS_PER_RULE`] distinct
+/// calls.
+const SHARED_DRAW_KEY: u64 = u64::MAX;
+
 /// One fault that fired.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fired {
@@ -42,6 +55,8 @@ struct Installed {
     /// The term now in force, and how many times it has triggered.
     term: usize,
     used: u64,
+    /// How many draws the rule made for each distinct call (by [`call_key`]).
+    draws: BTreeMap<u64, u64>,
 }
 
 #[derive(Debug)]
@@ -50,7 +65,6 @@ struct State {
     rules: BTreeMap<RuleId, Installed>,
     /// Rule ids by target; `*` rules are under "*". Lookups never scan other targets' rules.
     by_target: BTreeMap<String, Vec<RuleId>>,
-    rng: ChaCha8Rng,
     seed: u64,
     /// The faults that fired, oldest first (the most recent `fired_limit` of them).
     fired: VecDeque<Fired>,
@@ -119,7 +133,6 @@ impl FaultEngine {
                 next_id: 1,
                 rules: BTreeMap::new(),
                 by_target: BTreeMap::new(),
-                rng: ChaCha8Rng::seed_from_u64(seed),
                 seed,
                 fired: VecDeque::new(),
                 fired_limit: limit.map(|l| l.max(1)),
@@ -158,6 +171,7 @@ impl FaultEngine {
                 rule,
                 term: 0,
                 used: 0,
+                draws: BTreeMap::new(),
             },
         );
         FaultGuard {
@@ -248,6 +262,7 @@ impl FaultEngine {
         }
         candidates.sort_unstable();
         let state = &mut *st;
+        let key = call_key(call);
         for id in candidates {
             let Some(inst) = state.rules.get_mut(&id) else {
                 continue;
@@ -258,9 +273,25 @@ impl FaultEngine {
             let Some(term) = inst.rule.chain.get(inst.term) else {
                 continue; // used up
             };
+            // The generator of this rule for this call's n-th draw: None when the term does
+            // not draw (a certain term and no jitter).
+            let mut rng = None;
+            let seed = state.seed;
+            let generator = |draws: &mut BTreeMap<u64, u64>| -> ChaCha8Rng {
+                let key = if draws.len() < DRAW_KEYS_PER_RULE || draws.contains_key(&key) {
+                    key
+                } else {
+                    SHARED_DRAW_KEY
+                };
+                let n = draws.entry(key).or_default();
+                let g = draw(seed, id, key, *n);
+                *n += 1;
+                g
+            };
             let fires = term.percent >= 100.0 || {
+                let g = rng.insert(generator(&mut inst.draws));
                 // A uniform draw in [0, 100).
-                let draw = (state.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 100.0;
+                let draw = (g.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 100.0;
                 draw < term.percent
             };
             if !fires {
@@ -282,7 +313,11 @@ impl FaultEngine {
                 Action::Delay { delay, jitter } if !jitter.is_zero() => {
                     // Rules bound both to a day (`rule::MAX_DURATION`); saturate all the same.
                     let span = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
-                    let extra = state.rng.next_u64() % span.saturating_add(1);
+                    let g = match &mut rng {
+                        Some(g) => g,
+                        None => rng.insert(generator(&mut inst.draws)),
+                    };
+                    let extra = g.next_u64() % span.saturating_add(1);
                     Action::Delay {
                         delay: delay.saturating_add(Duration::from_nanos(extra)),
                         jitter: Duration::ZERO,
@@ -303,6 +338,33 @@ impl FaultEngine {
         }
         None
     }
+}
+
+/// A stable key of a call: FNV-1a over its target and key fields (names and values), the same
+/// on every run and build.
+fn call_key(call: &CallInfo<'_>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes.iter().chain([&0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(call.target.as_bytes());
+    for (k, v) in call.fields {
+        eat(k.as_bytes());
+        eat(v.as_bytes());
+    }
+    h
+}
+
+/// The generator of rule `rule`'s `n`-th draw for the calls keyed `key`, under `seed`.
+fn draw(seed: u64, rule: RuleId, key: u64, n: u64) -> ChaCha8Rng {
+    let mut seed_bytes = [0u8; 32];
+    for (chunk, v) in seed_bytes.chunks_exact_mut(8).zip([seed, rule, key, n]) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    ChaCha8Rng::from_seed(seed_bytes)
 }
 
 fn matches(rule: &Rule, call: &CallInfo<'_>) -> bool {
@@ -390,6 +452,70 @@ mod tests {
         }
         assert_eq!(unbounded.fired().len(), 100);
         assert_eq!(unbounded.fired_dropped(), 0);
+    }
+
+    #[test]
+    fn a_draw_depends_on_the_seed_the_rule_and_the_call_not_on_arrival_order() {
+        let fields = |cid: &str| vec![("container_id", cid.to_string())];
+        let (c1, c2) = (fields("c1"), fields("c2"));
+        let calls: Vec<(&str, &[(&'static str, String)])> = vec![
+            ("ReadStdout", &c1),
+            ("ReadStdout", &c2),
+            ("ExecProcess", &c1),
+            ("GetOOMEvent", &[]),
+        ];
+        // Each call's verdicts, in the order that call was made, for one arrival order.
+        let run = |seed: u64, order: &[usize]| {
+            let engine = FaultEngine::new(seed);
+            engine.add("ReadStdout=50%error(INTERNAL)").unwrap();
+            engine.add("*=30%delay(1ms, 5ms)").unwrap();
+            let mut got: BTreeMap<usize, Vec<Verdict>> = BTreeMap::new();
+            for &i in order {
+                let (target, fields) = calls[i];
+                let v = engine.decide(&CallInfo {
+                    fields,
+                    ..call(target)
+                });
+                got.entry(i).or_default().push(v);
+            }
+            got
+        };
+        let each_in_turn: Vec<usize> = (0..40).map(|i| i % calls.len()).collect();
+        let mut grouped = each_in_turn.clone();
+        grouped.sort_unstable();
+        let mut reversed = grouped.clone();
+        reversed.reverse();
+        let a = run(7, &each_in_turn);
+        assert_eq!(a, run(7, &grouped));
+        assert_eq!(a, run(7, &reversed));
+        assert_ne!(a, run(8, &each_in_turn), "another seed draws otherwise");
+        let faults = a
+            .values()
+            .flatten()
+            .filter(|v| **v != Verdict::Pass)
+            .count();
+        assert!(faults > 5 && faults < 35, "{faults} of 40 fired");
+    }
+
+    #[test]
+    fn a_rule_keeps_a_bounded_number_of_draw_counts() {
+        let engine = FaultEngine::new(1);
+        engine.add("*=50%error(INTERNAL)").unwrap();
+        for i in 0..DRAW_KEYS_PER_RULE + 100 {
+            let f = [("container_id", format!("c{i}"))];
+            engine.decide(&CallInfo {
+                fields: &f,
+                ..call("StartContainer")
+            });
+        }
+        let st = engine.lock();
+        let draws = &st.rules.values().next().expect("the rule").draws;
+        assert_eq!(
+            draws.len(),
+            DRAW_KEYS_PER_RULE + 1,
+            "the rest share one count"
+        );
+        assert_eq!(draws[&SHARED_DRAW_KEY], 100);
     }
 
     #[test]

@@ -186,6 +186,34 @@ async fn mark_dead_fails_every_later_call_at_once() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn mark_dead_fails_the_calls_in_flight_at_once() {
+    let sim = SimAgent::new().unwrap();
+    Agent::create_container(
+        &sim,
+        sim_agent::requests::create_container("c1", &["sleep", "1000"]),
+    )
+    .await
+    .unwrap();
+    Agent::start_container(&sim, "c1".into()).await.unwrap();
+    let wait = Agent::wait_process(&sim, "c1".into(), "c1".into());
+    let oom = Agent::get_oom_event(&sim);
+    tokio::pin!(wait, oom);
+    tokio::select! {
+        biased;
+        r = &mut wait => panic!("the wait answered: {r:?}"),
+        r = &mut oom => panic!("an OOM event: {r:?}"),
+        () = std::future::ready(()) => {}
+    }
+    sim.mark_dead();
+    // At once: no virtual time passes.
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(wait.await, Err(AgentError::ConnectionClosed));
+    assert_eq!(oom.await, Err(AgentError::ConnectionClosed));
+    assert_eq!(t0.elapsed(), std::time::Duration::ZERO);
+    assert_eq!(sim.check().await, Err(AgentError::DeadAgent));
+}
+
 #[tokio::test]
 async fn mock_agent_checks_expectations() {
     let mut mock = MockAgent::new();

@@ -6,7 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use protobuf::Message as _;
 
 use sim_agent::protocols::{agent, health};
-use sim_agent::{Agent, AgentRpc, CallOpts, Method, RemoteAgent, SimAgent, SimConfig};
+use std::time::Duration;
+
+use sim_agent::{Agent, AgentError, AgentRpc, CallOpts, Method, RemoteAgent, SimAgent, SimConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ttrpc::Code;
 
@@ -626,4 +628,45 @@ async fn after_destroy_sandbox_the_connection_lingers_briefly_before_closing() {
         "closed after the linger"
     );
     server.shutdown().await;
+}
+
+/// Go's `markDead` sets `dead` and closes the ttrpc client (kata_agent.go 3.19.1; the vendored
+/// ttrpc client's `Close` fails every call in flight with `ErrClosed`): a call in flight fails
+/// at once with "ttrpc: closed", a later one with "Dead agent", and the agent sees the host
+/// hang up.
+#[tokio::test]
+async fn mark_dead_fails_the_calls_in_flight_at_once_and_hangs_up() {
+    let srv = TestServer::start(SimAgent::new().unwrap(), "unix").await;
+    let a = srv.client_running("c1", &["sleep", "1000"]).await;
+    let wait = Agent::wait_process(&a, "c1".into(), "c1".into());
+    tokio::pin!(wait);
+    // The wait is sent first; once the Check behind it on the same connection answers, the
+    // agent has the wait, which blocks on the sleeping process.
+    tokio::select! {
+        biased;
+        r = &mut wait => panic!("the wait answered: {r:?}"),
+        r = bounded(Agent::check(&a)) => r.unwrap(),
+    }
+    assert_eq!(srv.server.connection_count(), 1);
+    a.mark_dead();
+    assert_eq!(bounded(wait).await, Err(AgentError::ConnectionClosed));
+    assert_eq!(Agent::check(&a).await, Err(AgentError::DeadAgent));
+    bounded(srv.server.drain(Duration::from_secs(20))).await;
+    assert_eq!(
+        srv.server.connection_count(),
+        0,
+        "the agent saw the host hang up"
+    );
+    let wait = srv
+        .server
+        .agent()
+        .trace()
+        .events()
+        .into_iter()
+        .find(|e| e.method == sim_agent::Op::Agent(Method::WaitProcess))
+        .expect("the agent got the wait");
+    assert!(
+        !wait.status.answered(),
+        "cancelled, never answered: {wait:?}"
+    );
 }
