@@ -6,7 +6,7 @@
 //! after that many triggers (a probability that does not fire does not use up the count); when
 //! every term is used up the rule is inert. Only terms with a probability below 100% draw, and
 //! each draw is a function of the seed, the rule, the call (its target and key fields) and how
-//! many draws that rule already made for that same call ([`draw`]): not of the order in which
+//! many draws that rule already made for that same call (see `draw`): not of the order in which
 //! concurrent calls arrive (a stdio read racing a lifecycle call, an OOM poll, a second
 //! connection), so the same seed gives the same decisions on every run and over either
 //! transport. A rule keeps one draw count per distinct call, for at most
