@@ -24,9 +24,22 @@
 //! time`). No host loop spins on the paused clock: each poll of the OOM watcher waits a round
 //! trip ([`POLL_ROUND_TRIP`]) of virtual time (runtime-rs's retry after an error
 //! [`RS_OOM_RETRY`]), the monitor its period, and the records fold
-//! repeats (the trace is [`Trace::folding`](sim_agent::Trace::folding), warnings fold the same way), so memory grows
-//! with what changes, not with the number of polls. A panic in a step, the host or the model
-//! is that run's error, with its message.
+//! repeats (the trace is [`Trace::folding`](sim_agent::Trace::folding), warnings fold the
+//! same way), so memory grows with what changes, not with the number of polls. A panic in a
+//! step, the host or the model is that run's error, with its message.
+//!
+//! The table above is data and one trait, not branches: the host reads the persona's
+//! [`persona::Profile`] row and calls its [`persona::PersonaCalls`] impl, and has no `match`
+//! on the persona of its own. By responsibility:
+//!
+//! - `world`: the run's world (the VM, its guest, the [`Transport`] to it, the host's state)
+//!   and the entry points ([`run_blocking`], [`run_with_limits`], ...);
+//! - `interp`: the step interpreter (each [`Step`](crate::schema::Step) as the host's calls,
+//!   each within its bound);
+//! - `lifecycle`: the host's sandbox, container, output, stop and teardown logic over the
+//!   persona seam;
+//! - [`persona`]: the profile rows and the call sequences of `go` and `rs`;
+//! - `outcome`: the normalized record ([`Outcome`]) and the messages of a stuck run.
 
 use std::time::Duration;
 

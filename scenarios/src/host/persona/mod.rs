@@ -257,3 +257,35 @@ where
     /// logged.
     async fn stop_sandbox(&self, agent: &A) -> Option<Warning>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Persona; 2] = [Persona::Go, Persona::Rs];
+
+    #[test]
+    fn each_row_is_its_persona_and_stops_with_a_kill_a_reap_and_a_removal() {
+        for p in ALL {
+            let row = profile(p);
+            assert_eq!(row.persona, p);
+            for part in [StopPart::Kill, StopPart::Reap, StopPart::Remove] {
+                let n = row.stop_order.iter().filter(|s| **s == part).count();
+                assert_eq!(n, 1, "{p:?} stops with {part:?} {n} times");
+            }
+            let kill = row.stop_order.iter().position(|s| *s == StopPart::Kill);
+            let reap = row.stop_order.iter().position(|s| *s == StopPart::Reap);
+            assert!(kill < reap, "{p:?} reaps before its kill");
+        }
+    }
+
+    #[test]
+    fn the_termination_path_matches_as_the_runtime_matches_it() {
+        assert!(PathMatch::String.matches("/dev/termination-log", "/dev/termination-log"));
+        assert!(!PathMatch::String.matches("/dev/termination-log/", "/dev/termination-log"));
+        assert!(PathMatch::Path.matches("/dev/termination-log/", "/dev/termination-log"));
+        assert!(PathMatch::Path.matches("/dev//termination-log", "/dev/termination-log"));
+        assert_eq!(ExecId::ContainerId.of("c1"), "c1");
+        assert_eq!(ExecId::Empty.of("c1"), "");
+    }
+}
