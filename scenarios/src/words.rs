@@ -1,6 +1,8 @@
 //! The runtimes' own words: the log messages the built-in host's personas emit, each as the
 //! upstream source writes it, and how each runtime renders an agent error, so a scenario's
-//! warning can be grepped for in a real shim's log.
+//! warning can be grepped for in a real shim's log. Which runtime's words a persona speaks is
+//! a field of its profile row ([`crate::host::persona::Profile`]): this module has no branch
+//! on the persona.
 //!
 //! | message | level | upstream (Go shim / runtime-rs) |
 //! |---|---|---|
@@ -21,6 +23,7 @@
 use sim_agent::AgentError;
 use sim_agent::error::code_name;
 
+use crate::host::persona::profile;
 use crate::record::{Level, Warning};
 use crate::schema::Persona;
 
@@ -71,11 +74,7 @@ pub fn rs_health_check_failed(id: &str) -> Warning {
 /// (`fault-truth/rs-d-drop`: `failed to get oom event error get oom event | Caused by: socket
 /// err: early eof`).
 pub fn rs_oom_event_failed(e: &AgentError) -> Warning {
-    Warning::new(
-        Level::Warning,
-        RS_OOM_EVENT_FAILED,
-        Some(render(Persona::Rs, e)),
-    )
+    Warning::new(Level::Warning, RS_OOM_EVENT_FAILED, Some(rs_error(e)))
 }
 
 /// runtime-rs: a GetOOMEvent failed (the watcher retries). Upstream prints the error's chain
@@ -94,46 +93,56 @@ pub const GO_WAIT_FAILED: &str = "Wait for process failed";
 /// (`send oom event for container c1`); the Go shim publishes a TaskOOM and logs nothing, so
 /// its line (at info) is kata-sim's.
 pub fn oom_event(persona: Persona, cid: &str) -> Warning {
-    match persona {
-        Persona::Rs => Warning::new(Level::Warning, format!("{RS_OOM_EVENT_SENT} {cid}"), None),
-        Persona::Go => Warning::new(
-            Level::Info,
-            format!("OOM event for container {cid} (TaskOOM published)"),
-            None,
-        ),
-    }
+    (profile(persona).oom_event)(cid)
+}
+
+/// runtime-rs's line for an OOM event it forwarded ([`oom_event`]).
+pub fn rs_oom_event(cid: &str) -> Warning {
+    Warning::new(Level::Warning, format!("{RS_OOM_EVENT_SENT} {cid}"), None)
+}
+
+/// The Go shim's OOM event ([`oom_event`]): kata-sim's line at info.
+pub fn go_oom_event(cid: &str) -> Warning {
+    Warning::new(
+        Level::Info,
+        format!("OOM event for container {cid} (TaskOOM published)"),
+        None,
+    )
 }
 
 /// A host I/O error as the runtime's log prints it: runtime-rs's `io::Error` Display (`Is a
 /// directory (os error 21)`); Go's `*PathError` (`open HOST_FILE: is a directory`, the host
 /// path left out so records do not depend on the run's temp dir).
 pub fn io_error(persona: Persona, e: &std::io::Error) -> String {
-    match persona {
-        Persona::Rs => e.to_string(),
-        Persona::Go => {
-            let text = e.to_string();
-            let text = text.split(" (os error").next().unwrap_or(&text);
-            let mut c = text.chars();
-            let lower = match c.next() {
-                Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
-                None => String::new(),
-            };
-            format!("open HOST_FILE: {lower}")
-        }
-    }
+    (profile(persona).render_io_error)(e)
 }
 
-/// An agent error as the runtime's log prints it.
+/// runtime-rs's rendering of a host I/O error ([`io_error`]).
+pub fn rs_io_error(e: &std::io::Error) -> String {
+    e.to_string()
+}
+
+/// The Go shim's rendering of a host I/O error ([`io_error`]).
+pub fn go_io_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut c = text.chars();
+    let lower = match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    };
+    format!("open HOST_FILE: {lower}")
+}
+
+/// An agent error as the runtime's log prints it (the persona's
+/// [`Profile::render_error`](crate::host::persona::Profile::render_error)).
 pub fn render(persona: Persona, e: &AgentError) -> String {
-    match persona {
-        Persona::Go => go(e),
-        Persona::Rs => rs(e),
-    }
+    (profile(persona).render_error)(e)
 }
 
 /// The Go shim: ttrpc's status error (`rpc error: code = Unavailable desc = guest busy`),
 /// its closed client (`ttrpc: closed`), a context deadline, virtcontainers' `Dead agent`.
-fn go(e: &AgentError) -> String {
+pub fn go_error(e: &AgentError) -> String {
     match e {
         AgentError::Status { code, message } => {
             format!(
@@ -169,7 +178,7 @@ fn go_code(name: &str) -> String {
 /// runtime-rs: ttrpc-rust's error Display (`rpc status: Status { ... }`, `ttrpc err: Receive
 /// packet timeout Elapsed(())`, `socket err: early eof` for the call a lost connection was
 /// carrying, `ttrpc err: local stream closed` afterwards).
-fn rs(e: &AgentError) -> String {
+pub fn rs_error(e: &AgentError) -> String {
     match e {
         AgentError::Status { code, message } => format!(
             "rpc status: Status {{ code: {}, message: {message:?}, details: [], special_fields: \

@@ -70,6 +70,14 @@ pub const GO: Profile = Profile {
     wait_failure_logged: Some((Level::Error, words::GO_WAIT_FAILED)),
     // virtcontainers/sandbox.go Stop: a failed StopVM fails the stop.
     stop_vm_failure: FailureIs::Error,
+    // containerd/ttrpc and gRPC-Go status errors, virtcontainers' "Dead agent"
+    // (fault-truth/go-h-drop-echo: "ttrpc: closed").
+    render_error: words::go_error,
+    // os.PathError from the termination-message write (virtcontainers/container.go).
+    render_io_error: words::go_io_error,
+    // containerd-shim-v2/wait.go watchOOMEvents publishes a TaskOOM and logs nothing of its
+    // own: kata-sim's line at info.
+    oom_event: words::go_oom_event,
 };
 
 /// The Go shim's calls: through [`Agent`], virtcontainers' interface, with its deadlines.

@@ -161,6 +161,12 @@ pub struct Profile {
     pub wait_failure_logged: Option<(Level, &'static str)>,
     /// What a failed StopVM at the sandbox's stop is.
     pub stop_vm_failure: FailureIs,
+    /// How the runtime's log prints an agent error ([`crate::words`]).
+    pub render_error: fn(&AgentError) -> String,
+    /// How the runtime's log prints a host I/O error.
+    pub render_io_error: fn(&std::io::Error) -> String,
+    /// The line logged for an OOM event forwarded for a container.
+    pub oom_event: fn(&str) -> Warning,
 }
 
 /// The profile row of `persona`.

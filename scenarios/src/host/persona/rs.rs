@@ -70,6 +70,12 @@ pub const RS: Profile = Profile {
     wait_failure_logged: None,
     // sandbox.rs stop: a failed stop_vm is logged and the stop goes on.
     stop_vm_failure: FailureIs::Warning,
+    // ttrpc-rust's error Display (fault-truth/rs-a-error, rs-c-hang, rs-d-drop).
+    render_error: words::rs_error,
+    // std::io::Error's Display (container_manager/container.rs copy_termination_log).
+    render_io_error: words::rs_io_error,
+    // sandbox.rs OOM watcher: "send oom event for container {cid}" at warn.
+    oom_event: words::rs_oom_event,
 };
 
 fn opts() -> CallOpts {
