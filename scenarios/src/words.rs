@@ -47,6 +47,10 @@ pub const SANDBOX_STOPPED_UNEXPECTEDLY: &str = "sandbox stopped unexpectedly";
 /// runtime-rs: the SIGKILL of a container's stop failed (it goes on).
 pub const RS_KILL_FAILED: &str = "failed to send kill signal to process";
 
+/// runtime-rs: the error of a kill over a connection the shim has lost
+/// (`fault-truth/rs-d-drop`).
+pub const RS_AGENT_CONNECTION_CLOSED: &str = "agent connection closed";
+
 /// runtime-rs: a health check (Check every 30 s) failed; `{}` is the sandbox id in upstream's
 /// text (`failed to do {} agent health check`), filled by [`rs_health_check_failed`].
 pub const RS_HEALTH_CHECK_FAILED: &str = "agent health check";

@@ -177,9 +177,16 @@ where
             signal: 9,
             ..Default::default()
         };
-        // A kill of a gone process or over a closed connection is a success (kata-facts
-        // 4.rs.6).
+        // The stop goes on whatever the kill answered; a failure is a warning. Over the
+        // host's closed connection the shim's agent layer refuses the call before ttrpc and
+        // says so in its own words (fault-truth/rs-d-drop: `failed to send kill signal to
+        // process: agent connection closed`, SignalProcess never sent).
         match AgentRpc::signal_process(agent, req, opts()).await {
+            Err(AgentError::Closed(_)) => Some(Warning::new(
+                Level::Warning,
+                words::RS_KILL_FAILED,
+                Some(words::RS_AGENT_CONNECTION_CLOSED.into()),
+            )),
             Err(e) if !connection_gone(&e) => Some(words::said(
                 Persona::Rs,
                 Level::Warning,
