@@ -225,7 +225,8 @@ fn system_out(r: &Report) -> String {
 }
 
 fn persona(s: &crate::schema::Scenario) -> String {
-    format!("{:?}", s.config.persona).to_lowercase()
+    // A classname's dots separate packages: `go@3.19.1` is one name there.
+    s.config.persona.name().replace('.', "_")
 }
 
 /// The scenario's name, or its file when it did not load.

@@ -2,7 +2,7 @@
 //! against a host runtime.
 //!
 //! - [`schema`]: the scenario format; [`load`]: loading it with located errors.
-//! - [`host`]: the built-in host runtime (personas `go` and `rs`); [`check`]: expectations.
+//! - [`host`]: the built-in host runtime (personas `go`, `rs` and `go@3.19.1`); [`check`]: expectations.
 //! - [`conn`]: the host's one agent connection, never re-dialled, failing as the runtime's
 //!   client does once it is closed.
 //! - [`record`]: the typed lines of a run's record (calls, faults that fired, warnings, task

@@ -695,12 +695,7 @@ pub fn summary_styled(reports: &[Report], color: bool) -> String {
         let (persona, seed) = r
             .scenario
             .as_ref()
-            .map(|s| {
-                (
-                    format!("{:?}", s.config.persona).to_lowercase(),
-                    s.seed.to_string(),
-                )
-            })
+            .map(|s| (s.config.persona.name().to_string(), s.seed.to_string()))
             .unwrap_or_else(|| ("-".into(), "-".into()));
         let (result, style) = match r.verdict() {
             Verdict::Ok => ("ok", AnsiColor::Green.on_default()),

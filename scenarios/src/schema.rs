@@ -82,6 +82,31 @@ pub enum Persona {
     Go,
     /// runtime-rs.
     Rs,
+    /// The Go shim at tag 3.19.1: no termination-message copy (no GetDiagnosticData), its
+    /// exit published after the container's stop, and output that ends only on a read error
+    /// (an agent's old `eof`): on a 4.x agent's empty reads it spins (kata-facts 8).
+    #[serde(rename = "go@3.19.1")]
+    Go3191,
+}
+
+impl Persona {
+    /// Every persona, in the order the docs list them.
+    pub const ALL: [Persona; 3] = [Persona::Go, Persona::Rs, Persona::Go3191];
+
+    /// Its name as scenarios write it (`go`, `rs`, `go@3.19.1`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Persona::Go => "go",
+            Persona::Rs => "rs",
+            Persona::Go3191 => "go@3.19.1",
+        }
+    }
+}
+
+impl std::fmt::Display for Persona {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// How the sandbox shares files with the guest.

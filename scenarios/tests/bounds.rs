@@ -256,3 +256,40 @@ steps:
         o.errors
     );
 }
+
+#[test]
+fn go_3_19_1_spins_on_a_4x_agents_empty_reads_at_a_round_trip_each() {
+    // kata-facts 8: the 3.19.1 shim reads a 4.x agent's empty end of output again, forever,
+    // and never sends WaitProcess for it; on an agent of its time the output ends.
+    let text = |version: &str| {
+        format!(
+            "name: spin\nconfig: {{ persona: go@3.19.1, agent_version: {version} }}\nsteps:\n  \
+             - create_sandbox: {{}}\n  - create_container: {{ id: c1, args: [echo, hi] }}\n  \
+             - start: c1\n  - advance_time: 1\n  - destroy_sandbox\n"
+        )
+    };
+    let reads = |o: &Outcome| -> u64 {
+        o.calls
+            .iter()
+            .filter(|c| c.op == Op::Agent(Method::ReadStdout))
+            .map(|c| c.count)
+            .sum()
+    };
+    // The ReadStdout calls before the first WaitProcess.
+    let reads_before_wait = |o: &Outcome| -> u64 {
+        o.calls
+            .iter()
+            .take_while(|c| c.op != Op::Agent(Method::WaitProcess))
+            .filter(|c| c.op == Op::Agent(Method::ReadStdout))
+            .map(|c| c.count)
+            .sum()
+    };
+    let new = run_blocking(&scenario(&text("4.1.0")));
+    // At least one read per 10 ms round trip for the second the step waits, on a paused
+    // clock, and WaitProcess only when the teardown ends the reads.
+    assert!(reads_before_wait(&new) >= 100, "{}", reads(&new));
+    let old = run_blocking(&scenario(&text("3.19.1")));
+    assert!(reads(&old) <= 3, "{}", reads(&old));
+    assert_eq!(reads_before_wait(&old), reads(&old));
+    assert_eq!(old.processes["c1"].stdout, "hi\n");
+}

@@ -604,3 +604,25 @@ fn auto_colours_a_terminal_unless_no_color_is_set() {
     assert!(!on_a_terminal(Some("1")), "NO_COLOR turns it off");
     assert!(on_a_terminal(Some("")), "an empty NO_COLOR does not");
 }
+
+#[test]
+fn a_closed_stdout_ends_trace_and_list_quietly() {
+    // `kata-sim trace ... | head -1`: the reader is gone before the first line.
+    for args in [
+        &["trace", "go-happy-path"][..],
+        &["list"][..],
+        &["schema"][..],
+    ] {
+        let mut child = kata_sim()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

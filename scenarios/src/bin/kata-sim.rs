@@ -68,6 +68,9 @@ enum Driver {
     /// The built-in host as runtime-rs.
     #[value(name = "builtin:rs")]
     BuiltinRs,
+    /// The built-in host as the Go shim at tag 3.19.1.
+    #[value(name = "builtin:go@3.19.1")]
+    BuiltinGo3191,
     /// A real host runtime: the command after `--`, against a kata-sim service.
     Exec,
 }
@@ -77,6 +80,7 @@ impl Driver {
         match self {
             Driver::BuiltinGo => Some(Persona::Go),
             Driver::BuiltinRs => Some(Persona::Rs),
+            Driver::BuiltinGo3191 => Some(Persona::Go3191),
             Driver::Builtin | Driver::Exec => None,
         }
     }
@@ -317,6 +321,43 @@ impl Exit {
 
 type Result<T, E = Exit> = std::result::Result<T, E>;
 
+/// `println!` that ends the command quietly (exit 0) when stdout is a closed pipe
+/// (`kata-sim trace ... | head`), and as an internal error on any other write error.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            return Err(stdout_error(e));
+        }
+    }};
+}
+
+/// `print!`, as [`outln!`].
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($t)*) {
+            return Err(stdout_error(e));
+        }
+    }};
+}
+
+/// A failed write to stdout: a reader that went away ends the command quietly, as `head`
+/// expects of a producer; anything else is an error.
+fn stdout_error(e: std::io::Error) -> Exit {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Exit {
+            code: 0,
+            error: None,
+        }
+    } else {
+        Exit {
+            code: INTERNAL,
+            error: Some(anyhow::anyhow!("writing to stdout: {e}")),
+        }
+    }
+}
+
 trait OrExit<T> {
     /// The user's mistake: exit 2.
     fn or_bad(self) -> Result<T>;
@@ -449,7 +490,7 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            print!("{}", kata_sim::schema::json_schema());
+            out!("{}", kata_sim::schema::json_schema());
             Ok(ExitCode::SUCCESS)
         }
         Command::List { library, format } => {
@@ -607,23 +648,23 @@ async fn fault(control: Option<PathBuf>, timeout: f64, op: FaultOp) -> Result<Ex
         .await
         .or_bad()?
     {
-        Response::Added { id } => println!("{id}"),
+        Response::Added { id } => outln!("{id}"),
         Response::Rules { rules } => {
             for r in rules {
                 match format {
-                    Format::Text => println!("rule {} {}", r.id, r.rule),
-                    Format::Json => println!("{}", to_json(&r)?),
+                    Format::Text => outln!("rule {} {}", r.id, r.rule),
+                    Format::Json => outln!("{}", to_json(&r)?),
                 }
             }
         }
         Response::Fired { fired, dropped } => {
             if dropped > 0 && format == Format::Text {
-                println!("({dropped} older faults fired and are no longer kept)");
+                outln!("({dropped} older faults fired and are no longer kept)");
             }
             for f in fired {
                 match format {
-                    Format::Text => println!("fired {} {} {}", f.rule, f.target, f.action),
-                    Format::Json => println!("{}", to_json(&f)?),
+                    Format::Text => outln!("fired {} {} {}", f.rule, f.target, f.action),
+                    Format::Json => outln!("{}", to_json(&f)?),
                 }
             }
         }
@@ -742,7 +783,7 @@ fn list(library: Option<&Path>, format: Format) -> Result<ExitCode> {
             Ok(s) => {
                 let line = match format {
                     Format::Text => {
-                        let persona = format!("{:?}", s.config.persona).to_lowercase();
+                        let persona = s.config.persona.name().to_string();
                         let description = s.description.lines().next().unwrap_or_default();
                         format!("{:<width$}  {persona:<2}  {description}", s.name)
                     }
@@ -783,9 +824,9 @@ fn check(paths: &[PathBuf], library: Option<&Path>, format: Format) -> Result<Ex
     for l in &loaded {
         let file = l.source.file.display().to_string();
         match (&l.scenario, format) {
-            (Ok(s), Format::Text) => println!("ok      {file} ({})", s.name),
+            (Ok(s), Format::Text) => outln!("ok      {file} ({})", s.name),
             (Ok(s), Format::Json) => {
-                println!(
+                outln!(
                     "{}",
                     to_json(&serde_json::json!({"file": file, "name": s.name}))?
                 );
@@ -796,7 +837,7 @@ fn check(paths: &[PathBuf], library: Option<&Path>, format: Format) -> Result<Ex
             }
             (Err(e), Format::Json) => {
                 bad += 1;
-                println!(
+                outln!(
                     "{}",
                     to_json(
                         &serde_json::json!({"file": file, "error": runner::load_error_json(e)})
@@ -806,7 +847,7 @@ fn check(paths: &[PathBuf], library: Option<&Path>, format: Format) -> Result<Ex
         }
     }
     if format == Format::Text {
-        println!("{} of {} valid", loaded.len() - bad, loaded.len());
+        outln!("{} of {} valid", loaded.len() - bad, loaded.len());
     }
     Ok(if bad > 0 {
         ExitCode::from(BAD_INPUT)
@@ -949,7 +990,12 @@ fn run(
             && let Progress::Finished { report, .. } = &p
         {
             match serde_json::to_string(&runner::json(report)) {
-                Ok(j) => println!("{j}"),
+                // A reader that went away mid-run loses these lines, not the run (its
+                // JUnit and exit code still follow).
+                Ok(j) => {
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stdout(), "{j}");
+                }
                 Err(e) => json_error = Some(e),
             }
         }
@@ -959,7 +1005,7 @@ fn run(
         return Err(Exit::internal(e));
     }
     if format == Format::Text {
-        print!(
+        out!(
             "{}",
             runner::summary_styled(&reports, ui.color(std::io::stdout().is_terminal()))
         );
@@ -1035,12 +1081,12 @@ fn trace(
         .context("the run left no record")
         .or_internal()?;
     if mermaid {
-        print!("{}", kata_sim::render::mermaid(outcome));
+        out!("{}", kata_sim::render::mermaid(outcome));
     } else {
         for c in &outcome.calls {
             match format {
-                Format::Text => println!("{c}"),
-                Format::Json => println!("{}", to_json(&c.json())?),
+                Format::Text => outln!("{c}"),
+                Format::Json => outln!("{}", to_json(&c.json())?),
             }
         }
     }
@@ -1110,10 +1156,10 @@ fn diff(
         }
         calls.push(kata_sim::render::agent_calls(&outcome));
     }
-    println!("--- {}\n+++ {}", a.name(), b.name());
+    outln!("--- {}\n+++ {}", a.name(), b.name());
     let lines = kata_sim::render::diff(&calls[0], &calls[1]);
     for line in &lines {
-        println!("{line}");
+        outln!("{line}");
     }
     let differ = calls[0] != calls[1];
     if errors && !differ {

@@ -353,9 +353,15 @@ impl<T: Transport> Host<T> {
                         } else {
                             Agent::read_process_stdout(&agent, cid.clone(), eid.clone(), len).await
                         };
-                        // Empty data (4.x agents) and any error (older agents' "eof") end it.
+                        // Empty data (4.x agents) and any error (older agents' "eof") end it,
+                        // but for a runtime that reads again on empty data (Go 3.19.1), which
+                        // spins on a 4.x agent: each read costs a round trip of virtual time.
                         let data = match r {
                             Ok(d) if !d.is_empty() => d,
+                            Ok(_) if !profile.empty_read_ends_output => {
+                                tokio::time::sleep(POLL_ROUND_TRIP).await;
+                                continue;
+                            }
                             _ => break,
                         };
                         let full = {

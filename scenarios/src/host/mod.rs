@@ -1,5 +1,7 @@
 //! The built-in host runtime: runs a [`Scenario`](crate::schema::Scenario) in-process against a [`SimHypervisor`](sim_hypervisor::SimHypervisor) and its
-//! guest, as one of two personas faithful to upstream (kata-facts section 4):
+//! guest, as one of the personas faithful to upstream (kata-facts section 4). `go@3.19.1` is
+//! `go` at that tag: no GetDiagnosticData in its stop, the exit published after the stop, and
+//! output that only a read error ends (on a 4.x agent's empty reads it reads again, forever):
 //!
 //! | | `go` (virtcontainers) | `rs` (runtime-rs) |
 //! |---|---|---|

@@ -78,6 +78,9 @@ pub const GO: Profile = Profile {
     // containerd-shim-v2/wait.go watchOOMEvents publishes a TaskOOM and logs nothing of its
     // own: kata-sim's line at info.
     oom_event: words::go_oom_event,
+    // containerd-shim-v2 stream copy since 41e8acbc5e: an empty ReadStdout/ReadStderr reply
+    // is the end (kata-facts 8, fixtures real-lifecycle: the backport on 3.19.1).
+    empty_read_ends_output: true,
 };
 
 /// The Go shim's calls: through [`Agent`], virtcontainers' interface, with its deadlines.
@@ -191,3 +194,24 @@ where
         })
     }
 }
+
+/// The Go shim at tag 3.19.1 (kata-facts 8): the row of [`GO`] but where 3.19.1 differs.
+pub const GO_3_19_1: Profile = Profile {
+    persona: Persona::Go3191,
+    source: "kata-containers 3.19.1, src/runtime",
+    // virtcontainers/container.go stop() at 3.19.1 has no termination-message copy: no
+    // GetDiagnosticData (the RPC came after it).
+    stop_order: &[
+        StopPart::Kill,
+        StopPart::Reap,
+        StopPart::WaitAgain,
+        StopPart::Remove,
+        StopPart::RemoveStaleMounts,
+    ],
+    // containerd-shim-v2/wait.go at 3.19.1 publishes the exit after the container's stop.
+    exit_published: ExitPublished::AfterStop,
+    // Before 41e8acbc5e the stream copy ends only on a read error (an agent before
+    // 1080f6d87e answers "eof"); a 4.x agent's empty OK is read again, forever (kata-facts 8).
+    empty_read_ends_output: false,
+    ..GO
+};

@@ -28,7 +28,7 @@ use crate::schema::Persona;
 mod go;
 mod rs;
 
-pub use go::{GO, GoCalls};
+pub use go::{GO, GO_3_19_1, GoCalls};
 pub use rs::{RS, RsCalls};
 
 /// The exec id a persona gives a container's init process.
@@ -115,7 +115,7 @@ pub enum FailureIs {
     Warning,
 }
 
-/// A persona's constants and policies: one row per persona ([`GO`], [`RS`]). Each row says,
+/// A persona's constants and policies: one row per persona ([`GO`], [`RS`], [`GO_3_19_1`]). Each row says,
 /// per field, where upstream (file and tag) or a fault-truth recording shows the value.
 #[derive(Debug, Clone, Copy)]
 pub struct Profile {
@@ -167,6 +167,9 @@ pub struct Profile {
     pub render_io_error: fn(&std::io::Error) -> String,
     /// The line logged for an OOM event forwarded for a container.
     pub oom_event: fn(&str) -> Warning,
+    /// Whether an empty read (a 4.x agent's end of output) ends the output; if not, only a
+    /// read error does (an older agent's `eof`) and the reader reads again.
+    pub empty_read_ends_output: bool,
 }
 
 /// The profile row of `persona`.
@@ -174,6 +177,7 @@ pub fn profile(persona: Persona) -> &'static Profile {
     match persona {
         Persona::Go => &GO,
         Persona::Rs => &RS,
+        Persona::Go3191 => &GO_3_19_1,
     }
 }
 
@@ -186,6 +190,7 @@ where
     match persona {
         Persona::Go => &GoCalls,
         Persona::Rs => &RsCalls,
+        Persona::Go3191 => &GoCalls,
     }
 }
 
@@ -268,7 +273,7 @@ where
 mod tests {
     use super::*;
 
-    const ALL: [Persona; 2] = [Persona::Go, Persona::Rs];
+    const ALL: [Persona; 3] = Persona::ALL;
 
     #[test]
     fn each_row_is_its_persona_and_stops_with_a_kill_a_reap_and_a_removal() {
