@@ -209,7 +209,9 @@ fn typed_values_list_the_accepted_ones_and_the_nearest() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr.contains("[possible values: builtin, builtin:go, builtin:rs, exec]"),
+        stderr.contains(
+            "[possible values: builtin, builtin:go, builtin:rs, builtin:go@3.19.1, exec]"
+        ),
         "{stderr}"
     );
     assert!(stderr.contains("'builtin'"), "{stderr}");
