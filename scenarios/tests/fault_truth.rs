@@ -7,11 +7,12 @@
 //!   polls, and the monitor's timer-driven `Check`, may differ in number and place, so they are
 //!   left out, as in `fidelity.rs`);
 //! - the exit code `ctr` reported;
-//! - the host termination-message file (the recording's `0 bytes`: empty; no host mount: none).
+//! - the host termination-message file (the recording's `0 bytes`: empty; no host mount: none);
+//! - the task state containerd saw: stopped with that exit status, published when `ctr run`
+//!   returned (its wall time).
 //!
-//! Each comparison is one entry of [`COMPARISONS`]; another (the task state containerd saw)
-//! is one more function there and, where the recording holds it, one more field of
-//! [`Recorded`].
+//! Each comparison is one entry of [`COMPARISONS`]; another is one more function there and,
+//! where the recording holds it, one more field of [`Recorded`].
 
 use std::path::{Path, PathBuf};
 
@@ -76,6 +77,8 @@ struct Recorded {
     exit_code: i32,
     /// The host termination-message file after the run: `None` when the lifecycle had none.
     host_file: Option<String>,
+    /// How long `ctr run` took: it returns when containerd sees the task's exit.
+    wall: f64,
 }
 
 type Comparison = fn(&Case, &Recorded, &Outcome) -> Result<(), String>;
@@ -85,6 +88,7 @@ const COMPARISONS: &[(&str, Comparison)] = &[
     ("agent calls after the fault", calls_after_fault),
     ("exit code", exit_code),
     ("host file", host_file),
+    ("task state", task_state),
 ];
 
 /// Key fields compared, in this order, as `name=value`.
@@ -172,6 +176,12 @@ fn recorded(case: &Case) -> Recorded {
         .and_then(|s| s.split(' ').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{}.md: no `[rc=N`", case.fixture));
+    let wall = md
+        .split(" wall=")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{}.md: no ` wall=N.Ns`", case.fixture));
     // `host file PATH after run: N bytes`; only empty ones are recorded here.
     let host_file = md.lines().find(|l| l.starts_with("host file ")).map(|l| {
         assert!(
@@ -185,6 +195,7 @@ fn recorded(case: &Case) -> Recorded {
         after_fault,
         exit_code,
         host_file,
+        wall,
     }
 }
 
@@ -229,6 +240,31 @@ fn host_file(case: &Case, want: &Recorded, o: &Outcome) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("recorded {:?}, simulated {have:?}", want.host_file))
+    }
+}
+
+/// What containerd saw: the task stopped with the recorded exit status, published when `ctr
+/// run` returned (its wall time, less at most half a second of ctr's and the sandbox's own
+/// start: runtime-rs publishes only after the termination-message copy, 30 s into a hung
+/// GetDiagnosticData in `rs-c-hang`).
+fn task_state(case: &Case, want: &Recorded, o: &Outcome) -> Result<(), String> {
+    let Some(t) = o.tasks.get(case.container) else {
+        return Err("no task recorded".into());
+    };
+    let published = t.published_at.as_secs_f64();
+    let status_ok = t.status == kata_sim::record::TaskStatus::Stopped
+        && t.exit_status.map(i64::from) == Some(i64::from(want.exit_code));
+    if status_ok && published <= want.wall && want.wall - published < 0.5 {
+        Ok(())
+    } else {
+        Err(format!(
+            "recorded STOPPED exit_status={} seen after {:.3} s, simulated {} exit_status={:?} \
+             published at {published:.3} s",
+            want.exit_code,
+            want.wall,
+            t.status.name(),
+            t.exit_status
+        ))
     }
 }
 
