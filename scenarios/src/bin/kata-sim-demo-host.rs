@@ -1,10 +1,13 @@
 //! `kata-sim-demo-host`: a small host runtime for the `exec` driver's tests and docs. It runs
-//! one container the way the Go shim does, over the wire: `RemoteHypervisor` (CreateVM,
+//! one container the way the Go shim does (the built-in host's `go` persona: its profile row
+//! and its calls, `kata_sim::host::persona`), over the wire: `RemoteHypervisor` (CreateVM,
 //! StartVM, StopVM) at `$KATA_SIM_HYPERVISOR_SOCKET` and `RemoteAgent` at the socket CreateVM
 //! returned. Usage: `kata-sim-demo-host [ARGS...]` (default `echo hello`); prints the
 //! container's output and exits with its exit code (or 100 when a call fails).
 
 use anyhow::Context as _;
+use kata_sim::host::persona::{self, StopPart};
+use kata_sim::schema::Persona;
 use sim_agent::protocols::agent;
 use sim_agent::{Agent, RemoteAgent};
 use sim_hypervisor::{Hypervisor, HypervisorConfig, Network, RemoteHypervisor};
@@ -22,44 +25,64 @@ async fn run() -> anyhow::Result<i32> {
         .await?;
     hv.start_vm(600).await?;
     let agent = RemoteAgent::connect(&hv.get_agent_socket().await?).await?;
+    // The Go persona's own row and calls: the demo host runs the lifecycle the built-in host's
+    // `go` persona runs, in a process of its own.
+    let profile = persona::profile(Persona::Go);
+    let calls = persona::calls::<RemoteAgent, RemoteHypervisor>(Persona::Go);
     let result = async {
-        agent
-            .start_sandbox(agent::CreateSandboxRequest {
-                sandbox_id: id.clone(),
-                ..Default::default()
-            })
-            .await?;
-        agent
-            .get_guest_details(agent::GuestDetailsRequest {
-                mem_block_size: true,
-                mem_hotplug_probe: true,
-                ..Default::default()
-            })
-            .await?;
+        calls
+            .start_sandbox(
+                &agent,
+                agent::CreateSandboxRequest {
+                    sandbox_id: id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
         let cid = "c1".to_string();
+        let eid = profile.exec_id.of(&cid);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        agent
-            .create_container(sim_agent::requests::create_container(&cid, &args))
+        calls
+            .create_container(&agent, sim_agent::requests::create_container(&cid, &args))
             .await?;
-        agent.start_container(cid.clone()).await?;
+        calls.start_container(&agent, &cid).await?;
         loop {
             match agent
-                .read_process_stdout(cid.clone(), cid.clone(), 32 * 1024)
+                .read_process_stdout(cid.clone(), eid.clone(), profile.stdio_read_size)
                 .await
             {
                 Ok(d) if !d.is_empty() => print!("{}", String::from_utf8_lossy(&d)),
                 _ => break,
             }
         }
-        let code = agent.wait_process(cid.clone(), cid.clone()).await?;
-        agent
-            .signal_process(cid.clone(), String::new(), 9, true)
-            .await?;
-        agent.stop_container(cid.clone()).await?;
+        let code = agent.wait_process(cid.clone(), eid.clone()).await?;
+        // The persona's stop, in its order (no termination message here; the waiter above
+        // reaped the process already).
+        for part in profile.stop_order {
+            let warning = match part {
+                StopPart::Kill => calls.kill(&agent, &cid, &eid).await,
+                StopPart::WaitAgain => {
+                    calls.wait_again(&agent, &cid, &eid).await;
+                    None
+                }
+                StopPart::Remove => calls.remove_container(&agent, &cid).await,
+                StopPart::RemoveStaleMounts => {
+                    calls.remove_stale_mounts(&agent).await;
+                    None
+                }
+                StopPart::Reap | StopPart::CopyTerminationMessage => None,
+            };
+            if let Some(w) = warning {
+                eprintln!("kata-sim-demo-host: {w}");
+            }
+        }
         anyhow::Ok(code)
     }
     .await;
-    let _ = agent.stop_sandbox().await;
+    if let Some(w) = calls.stop_sandbox(&agent).await {
+        eprintln!("kata-sim-demo-host: {w}");
+    }
     hv.stop_vm(false).await?;
     result
 }
