@@ -14,7 +14,11 @@
 //! Each comparison is one entry of [`COMPARISONS`]; another is one more function there and,
 //! where the recording holds it, one more field of [`Recorded`].
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{line, recorded_field};
 
 use kata_sim::host::Outcome;
 use serde_json::Value;
@@ -91,17 +95,6 @@ const COMPARISONS: &[(&str, Comparison)] = &[
     ("task state", task_state),
 ];
 
-/// Key fields compared, in this order, as `name=value`.
-const KEYS: &[&str] = &[
-    "container_id",
-    "exec_id",
-    "signal",
-    "timeout",
-    "log_type",
-    "path",
-    "sandbox_id",
-];
-
 /// Calls whose number and place depend on timing: stdio and OOM polls, and the liveness
 /// monitor's `Check` on its timer (runtime-rs's 30 s check lands 21 ms before the 30 s
 /// deadline of a hung GetDiagnosticData in `rs-c-hang` because the real shim spent 23 ms
@@ -111,28 +104,6 @@ fn is_timing_dependent(method: Method) -> bool {
         method,
         Method::ReadStdout | Method::ReadStderr | Method::GetOOMEvent | Method::Check
     )
-}
-
-/// A copied file's random part, `<cid>-<16 hex>-<name>`, as `<cid>-*-<name>`.
-fn normalize_path(p: &str) -> String {
-    let (dir, file) = p.rsplit_once('/').unwrap_or(("", p));
-    let parts: Vec<&str> = file.splitn(3, '-').collect();
-    if parts.len() == 3 && parts[1].len() == 16 && parts[1].chars().all(|c| c.is_ascii_hexdigit()) {
-        format!("{dir}/{}-*-{}", parts[0], parts[2])
-    } else {
-        p.to_string()
-    }
-}
-
-fn line(method: Method, field: impl Fn(&str) -> Option<String>) -> String {
-    let mut out = method.wire_name().to_string();
-    for k in KEYS {
-        if let Some(v) = field(k) {
-            let v = if *k == "path" { normalize_path(&v) } else { v };
-            out.push_str(&format!(" {k}={v}"));
-        }
-    }
-    out
 }
 
 fn data(name: &str) -> PathBuf {
@@ -161,12 +132,7 @@ fn recorded(case: &Case) -> Recorded {
             continue;
         }
         let req = &v["decoded"]["request"];
-        after_fault.push(line(method, |k| {
-            req.get(k).map(|val| match val {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-        }));
+        after_fault.push(line(method, |k| recorded_field(req, k)));
     }
     assert!(faulted, "{}: no injected fault", case.fixture);
     let md = std::fs::read_to_string(data(&format!("{}.md", case.fixture))).unwrap();

@@ -4,32 +4,14 @@
 //! agent RPCs with the same key fields (stdio and OOM polls may differ in number, so they are
 //! left out) and leaves the same host-side result (exit status, termination message).
 
+mod common;
+
 use std::path::Path;
+
+use common::{line, recorded_field};
 
 use serde_json::Value;
 use sim_agent::{Method, Op};
-
-/// Key fields compared, as `name=value`; copied file names lose their random part.
-fn normalize_path(p: &str) -> String {
-    // `/run/kata-containers/shared/containers/<cid>-<16 hex>-<name>`
-    let (dir, file) = p.rsplit_once('/').unwrap_or(("", p));
-    let parts: Vec<&str> = file.splitn(3, '-').collect();
-    if parts.len() == 3 && parts[1].len() == 16 && parts[1].chars().all(|c| c.is_ascii_hexdigit()) {
-        format!("{dir}/{}-*-{}", parts[0], parts[2])
-    } else {
-        p.to_string()
-    }
-}
-
-const KEYS: &[&str] = &[
-    "container_id",
-    "exec_id",
-    "signal",
-    "timeout",
-    "log_type",
-    "path",
-    "sandbox_id",
-];
 
 fn is_poll(method: Method) -> bool {
     matches!(
@@ -46,8 +28,8 @@ fn recorded(file: &str) -> (Vec<String>, Option<i64>, Option<String>) {
     let mut calls = Vec::new();
     let mut exit = None;
     let mut message = None;
-    for line in std::fs::read_to_string(&path).unwrap().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
+    for text in std::fs::read_to_string(&path).unwrap().lines() {
+        let v: Value = serde_json::from_str(text).unwrap();
         if v["kind"] != "exchange" || v["channel"] != "agent" || v["resp"].is_null() {
             continue;
         }
@@ -57,17 +39,7 @@ fn recorded(file: &str) -> (Vec<String>, Option<i64>, Option<String>) {
             continue;
         }
         let req = &v["decoded"]["request"];
-        let mut call = method.wire_name().to_string();
-        for k in KEYS {
-            if let Some(val) = req.get(*k) {
-                let text = match val {
-                    Value::String(s) if *k == "path" => normalize_path(s),
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                call.push_str(&format!(" {k}={text}"));
-            }
-        }
+        let call = line(method, |k| recorded_field(req, k));
         let resp = &v["decoded"]["response"];
         if method == Method::WaitProcess && exit.is_none() && v["resp"]["code"] == 0 {
             exit = resp["status"].as_i64();
@@ -101,18 +73,7 @@ fn simulated(outcome: &kata_sim::host::Outcome) -> Vec<String> {
             if is_poll(method) {
                 return None;
             }
-            let mut out = method.wire_name().to_string();
-            // In the recording's field order (KEYS).
-            for k in KEYS {
-                if let Some(v) = call.field(k) {
-                    let v = if *k == "path" {
-                        normalize_path(v)
-                    } else {
-                        v.to_string()
-                    };
-                    out.push_str(&format!(" {k}={v}"));
-                }
-            }
+            let out = line(method, |k| call.field(k).map(str::to_string));
             Some(out)
         })
         .collect()
