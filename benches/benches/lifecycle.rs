@@ -1,9 +1,11 @@
 //! Whole-system benches.
 //!
 //! - `lifecycle/{in_process,wire}`: one pod from CreateVM to StopVM with a container through
-//!   its stop and the termination-log copy (CreateVM, StartVM, Check, CreateSandbox, CopyFile,
-//!   CreateContainer, StartContainer, WaitProcess, GetDiagnosticData, SignalProcess,
-//!   RemoveContainer, DestroySandbox, StopVM). VMs boot in no time here: no hidden sleeps.
+//!   its stop and the termination-log copy, as the built-in host's `go` persona runs it (its
+//!   calls and its profile row's stop order: CreateVM, StartVM, Check, CreateSandbox,
+//!   GetGuestDetails, CopyFile, CreateContainer, StartContainer, WaitProcess, SignalProcess,
+//!   WaitProcess, GetDiagnosticData, RemoveContainer, RemoveStaleVirtiofsShareMounts,
+//!   DestroySandbox, StopVM). VMs boot in no time here: no hidden sleeps.
 //! - `scale/check/{1000,100,1}`: Check on one guest while 1,000, 100 or 1 sandboxes run in one
 //!   fleet (each with its own agent socket). The growth of the resident set is written to
 //!   `target/criterion/scale-rss.json` for `cargo xtask bench-report`; this group runs first,
@@ -15,6 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use kata_sim::host::persona::{self, StopPart};
+use kata_sim::schema::Persona;
 use sim_agent::protocols::agent;
 use sim_agent::requests;
 use sim_agent::{Agent, RemoteAgent, SimConfig};
@@ -41,49 +45,81 @@ fn container() -> agent::CreateContainerRequest {
     )
 }
 
-/// The agent half of a pod, on any client. `lap` is called after each step with its name.
-async fn pod<A: Agent>(
+/// The agent half of a pod, on any client, as the built-in host's `go` persona runs it: its
+/// [`persona::PersonaCalls`] for each call and its profile row's exec id and stop order, so
+/// the bench measures the lifecycle the scenarios replay. `lap` is called after each step
+/// with its name and the round trips it made.
+async fn pod<A, H>(
     a: &A,
     sandbox: &str,
     term: &std::path::Path,
-    lap: &mut impl FnMut(&'static str),
-) {
-    a.start_sandbox(agent::CreateSandboxRequest {
-        sandbox_id: sandbox.into(),
-        ..Default::default()
-    })
-    .await
-    .expect("sandbox");
-    lap("Check, CreateSandbox");
-    a.copy_file(term.to_path_buf(), TERM.into())
+    lap: &mut impl FnMut(&'static str, u32),
+) where
+    A: Agent + sim_agent::AgentRpc + Sync + 'static,
+    H: Hypervisor + 'static,
+{
+    let profile = persona::profile(Persona::Go);
+    let calls = persona::calls::<A, H>(Persona::Go);
+    calls
+        .start_sandbox(
+            a,
+            agent::CreateSandboxRequest {
+                sandbox_id: sandbox.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("sandbox");
+    lap("Check, CreateSandbox, GetGuestDetails", 3);
+    calls
+        .copy_file(a, term.to_path_buf(), TERM.into(), Vec::new(), 0o644)
         .await
         .expect("copy");
-    lap("CopyFile");
-    a.create_container(container()).await.expect("create");
-    lap("CreateContainer");
-    a.start_container("c1".into()).await.expect("start");
-    lap("StartContainer");
+    lap("CopyFile", 1);
+    calls
+        .create_container(a, container())
+        .await
+        .expect("create");
+    lap("CreateContainer", 1);
+    calls.start_container(a, "c1").await.expect("start");
+    lap("StartContainer", 1);
+    let eid = profile.exec_id.of("c1");
     assert_eq!(
-        a.wait_process("c1".into(), "c1".into())
+        Agent::wait_process(a, "c1".into(), eid.clone())
             .await
             .expect("wait"),
         0
     );
-    lap("WaitProcess");
-    let msg = a
-        .get_diagnostic_data("termination_log".into(), "c1".into())
-        .await
-        .expect("diag");
-    assert_eq!(msg, "done\n");
-    lap("GetDiagnosticData");
-    a.signal_process("c1".into(), String::new(), 9, true)
-        .await
-        .expect("kill");
-    lap("SignalProcess");
-    a.stop_container("c1".into()).await.expect("remove");
-    lap("RemoveContainer");
-    a.stop_sandbox().await.expect("destroy");
-    lap("DestroySandbox");
+    lap("WaitProcess", 1);
+    for part in profile.stop_order {
+        match part {
+            StopPart::Kill => {
+                assert!(calls.kill(a, "c1", &eid).await.is_none(), "kill");
+                lap("SignalProcess", 1);
+            }
+            // The wait above reaped the process already.
+            StopPart::Reap => {}
+            StopPart::WaitAgain => {
+                calls.wait_again(a, "c1", &eid).await;
+                lap("WaitProcess again", 1);
+            }
+            StopPart::CopyTerminationMessage => {
+                let msg = calls.termination_message(a, "c1").await.expect("diag");
+                assert_eq!(msg, "done\n");
+                lap("GetDiagnosticData", 1);
+            }
+            StopPart::Remove => {
+                assert!(calls.remove_container(a, "c1").await.is_none(), "remove");
+                lap("RemoveContainer", 1);
+            }
+            StopPart::RemoveStaleMounts => {
+                calls.remove_stale_mounts(a).await;
+                lap("RemoveStaleVirtiofsShareMounts", 1);
+            }
+        }
+    }
+    assert!(calls.stop_sandbox(a).await.is_none(), "destroy");
+    lap("DestroySandbox", 1);
 }
 
 /// A whole pod on a [`SimHypervisor`] of this process, with no wire anywhere.
@@ -91,20 +127,20 @@ async fn in_process_pod(
     settings: &SimVmConfig,
     id: String,
     term: &std::path::Path,
-    lap: &mut impl FnMut(&'static str),
+    lap: &mut impl FnMut(&'static str, u32),
 ) {
     let vm = SimHypervisor::new(settings.clone());
     vm.create_vm(id.clone(), Network::default(), HypervisorConfig::default())
         .await
         .expect("create vm");
-    lap("CreateVM");
+    lap("CreateVM", 1);
     vm.start_vm(60).await.expect("start vm");
-    lap("StartVM");
+    lap("StartVM", 1);
     let guest = vm.agent().expect("guest");
-    pod(&guest, &id, term, lap).await;
+    pod::<_, SimHypervisor>(&guest, &id, term, lap).await;
     vm.stop_vm(false).await.expect("stop vm");
     vm.cleanup().await.expect("cleanup");
-    lap("StopVM");
+    lap("StopVM", 1);
 }
 
 /// A whole pod through `kata-sim`'s remote-hypervisor service and the guest's own socket.
@@ -112,43 +148,25 @@ async fn wire_pod(
     socket: &std::path::Path,
     id: String,
     term: &std::path::Path,
-    lap: &mut impl FnMut(&'static str),
+    lap: &mut impl FnMut(&'static str, u32),
 ) {
     let hv = RemoteHypervisor::connect(socket).await.expect("hv");
-    lap("connect to the hypervisor");
+    lap("connect to the hypervisor", 1);
     hv.create_vm(id.clone(), Network::default(), HypervisorConfig::default())
         .await
         .expect("create vm");
-    lap("CreateVM");
+    lap("CreateVM", 1);
     hv.start_vm(60).await.expect("start vm");
-    lap("StartVM");
+    lap("StartVM", 1);
     let url = hv.get_agent_socket().await.expect("socket");
     let agent = RemoteAgent::connect(&url).await.expect("agent");
-    lap("dial the agent");
-    pod(&agent, &id, term, lap).await;
+    lap("dial the agent", 1);
+    pod::<_, RemoteHypervisor>(&agent, &id, term, lap).await;
     // The runtime hangs up before it stops the VM, as the shims do.
     drop(agent);
     hv.stop_vm(false).await.expect("stop vm");
-    lap("StopVM");
+    lap("StopVM", 1);
 }
-
-/// The round trips each step makes over the wire (a connection counts as one).
-const ROUND_TRIPS: &[(&str, u32)] = &[
-    ("connect to the hypervisor", 1),
-    ("CreateVM", 1),
-    ("StartVM", 1),
-    ("dial the agent", 1),
-    ("Check, CreateSandbox", 2),
-    ("CopyFile", 1),
-    ("CreateContainer", 1),
-    ("StartContainer", 1),
-    ("WaitProcess", 1),
-    ("GetDiagnosticData", 1),
-    ("SignalProcess", 1),
-    ("RemoveContainer", 1),
-    ("DestroySandbox", 1),
-    ("StopVM", 1),
-];
 
 fn lifecycle(c: &mut Criterion) {
     let rt = runtime();
@@ -167,7 +185,7 @@ fn lifecycle(c: &mut Criterion) {
             n += 1;
             let id = format!("p{n}");
             let (settings, term) = (&settings, &term);
-            async move { in_process_pod(settings, id, term, &mut |_| {}).await }
+            async move { in_process_pod(settings, id, term, &mut |_, _| {}).await }
         })
     });
     let mut config = FleetConfig::new(dir.path().join("vms"));
@@ -182,7 +200,7 @@ fn lifecycle(c: &mut Criterion) {
             n += 1;
             let id = format!("w{n}");
             let (socket, term) = (&socket, &term);
-            async move { wire_pod(socket, id, term, &mut |_| {}).await }
+            async move { wire_pod(socket, id, term, &mut |_, _| {}).await }
         })
     });
     group.finish();
@@ -205,14 +223,20 @@ fn phases(
         300
     };
     let mut samples: BTreeMap<(&str, &str), Vec<Duration>> = BTreeMap::new();
+    // The steps in the order the wire pod made them, with their round trips (the persona's
+    // stop order decides it; the in-process pod has no connection steps).
+    let mut steps: Vec<(&'static str, u32)> = Vec::new();
     for i in 0..pods {
         for kind in ["in_process", "wire"] {
             let id = format!("phase-{kind}-{i}");
             let mut last = Instant::now();
-            let mut lap = |step: &'static str| {
+            let mut lap = |step: &'static str, trips: u32| {
                 let now = Instant::now();
                 samples.entry((kind, step)).or_default().push(now - last);
                 last = now;
+                if kind == "wire" && i == 0 {
+                    steps.push((step, trips));
+                }
             };
             rt.block_on(async {
                 match kind {
@@ -227,7 +251,7 @@ fn phases(
         v.sort();
         v.get(v.len() / 2).map_or(0, |d| d.as_nanos())
     };
-    let rows: Vec<String> = ROUND_TRIPS
+    let rows: Vec<String> = steps
         .iter()
         .map(|(step, trips)| {
             format!(

@@ -428,7 +428,7 @@ fn bench_report(quick: bool) -> anyhow::Result<()> {
         machine(),
         NOTES,
         fmt_ns(check_unix),
-        LIFECYCLE,
+        lifecycle_head(&phases, trips) + LIFECYCLE,
     );
     std::fs::write(root().join("docs/performance.md"), doc)?;
     eprintln!("written to docs/performance.md");
@@ -464,14 +464,21 @@ buffers (one read usually takes a whole frame) and is cancel safe, which also fi
 a frame half read when another call's answer went out used to be lost \
 (`wire::a_frame_split_around_another_answer_is_read_whole`).\n";
 
-/// The explanation of the lifecycle row, below the step table.
-const LIFECYCLE: &str = "## The lifecycle target\n\n\
+/// The head of the lifecycle explanation: the pod's round trips, from the step table.
+fn lifecycle_head(phases: &[Phase], trips: u32) -> String {
+    let steps: Vec<&str> = phases.iter().map(|p| p.step.as_str()).collect();
+    format!(
+        "## The lifecycle target\n\n\
 The target (a whole pod over the wire in at most 15 Checks) cannot be met by this lifecycle, \
-and the step table shows why: the pod makes 15 round trips (one connection to the \
-hypervisor service, CreateVM, StartVM, the agent dial, Check, CreateSandbox, CopyFile, \
-CreateContainer, StartContainer, WaitProcess, GetDiagnosticData, SignalProcess, \
-RemoveContainer, DestroySandbox, StopVM), so the wire alone is 15 Checks (the `its round \
-trips` row) and nothing would be left for the VM and its guest. The in-process column is that \
+and the step table shows why: the pod (the `go` persona's lifecycle: its calls and its stop \
+order) makes {trips} round trips ({}), so the wire alone is {trips} Checks (the `its round \
+",
+        steps.join(", ")
+    )
+}
+
+/// The explanation of the lifecycle row, below the step table, after [`lifecycle_head`].
+const LIFECYCLE: &str = "trips` row) and nothing would be left for the VM and its guest. The in-process column is that \
 work without any wire: a guest root with the container's image skeleton (about 25 \
 directories on tmpfs), an agent server bound on its own socket, the termination-log file \
 copied in, read back and removed, and at RemoveContainer the container's image root moved out \
