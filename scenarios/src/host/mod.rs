@@ -36,8 +36,8 @@
 //!
 //! - `world`: the run's world (the VM, its guest, the [`Transport`] to it, the host's state)
 //!   and the entry points ([`run_blocking`], [`run_with_limits`], ...);
-//! - `interp`: the step interpreter (each [`Step`](crate::schema::Step) as the host's calls,
-//!   each within its bound);
+//! - `interp`: the step interpreter ([`run_body`]: each [`Step`](crate::schema::Step), within
+//!   its bound, as calls of a [`Runtime`]: this host, or the shim driver's real shim);
 //! - `lifecycle`: the host's sandbox, container, output, stop and teardown logic over the
 //!   persona seam;
 //! - [`persona`]: the profile rows and the call sequences of `go` and `rs`;
@@ -51,6 +51,7 @@ mod outcome;
 pub mod persona;
 mod world;
 
+pub use interp::{Runtime, run_body, run_step};
 pub use outcome::{Outcome, ProcessOutcome, failed, panic_message, stuck_call, waiting_on};
 pub use world::{
     InProcess, Transport, Wire, agent_config, run, run_blocking, run_wire_blocking, run_with,

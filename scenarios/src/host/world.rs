@@ -150,6 +150,10 @@ pub(super) struct Host<T: Transport> {
     /// The sandbox's id (runtime-rs names it in its health-check warning).
     pub(super) sandbox_id: String,
     pub(super) vm_stopped: bool,
+    /// The run's record of calls (the stuck messages read it).
+    pub(super) trace: Trace,
+    /// The calls a stuck message blamed already.
+    pub(super) blamed: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -274,13 +278,14 @@ pub async fn run_with_limits_traced<T: Transport>(
         sandbox_up: false,
         sandbox_id: String::new(),
         vm_stopped: false,
+        trace: trace.clone(),
+        blamed: Vec::new(),
     };
     for rule in &s.faults {
         host.guards
             .push((rule.text.clone(), engine.install_rule(rule.clone())));
     }
-    let mut blamed = Vec::new();
-    let body = std::panic::AssertUnwindSafe(run_body(&mut host, s, limits, &trace, &mut blamed));
+    let body = std::panic::AssertUnwindSafe(run_body(&mut host, s, limits));
     let ended = tokio::select! {
         biased;
         r = futures::FutureExt::catch_unwind(body) => match r {
@@ -296,7 +301,7 @@ pub async fn run_with_limits_traced<T: Transport>(
             false
         }
         Ended::OutOfTime => {
-            let call = stuck_call(&trace, &mut blamed);
+            let call = stuck_call(&trace, &mut host.blamed);
             host.error(stuck_message("the run", &trace, call, limits.real, "real"));
             false
         }
