@@ -193,6 +193,7 @@ pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
             Teardown::Incomplete
         },
         guest_containers: Vec::new(),
+        steps: Vec::new(),
     }
 }
 

@@ -7,6 +7,8 @@
 //!   client does once it is closed.
 //! - [`record`]: the typed lines of a run's record (calls, faults that fired, warnings, task
 //!   states); [`words`]: the runtimes' own log messages and error renderings.
+//! - [`shim`]: the shim driver: kata-sim plays containerd to an unmodified shim binary and
+//!   replays the steps through containerd's task API.
 //! - [`exec`]: the `exec` driver: a real host runtime against a kata-sim service.
 //! - [`render`]: Mermaid diagrams of a run, and diffs of two runs' agent calls.
 //! - [`runner`]: `kata-sim run` and `check`: finding files, summaries; [`junit`]: JUnit XML.
@@ -23,4 +25,5 @@ pub mod render;
 pub mod runner;
 pub mod schema;
 pub mod serve;
+pub mod shim;
 pub mod words;

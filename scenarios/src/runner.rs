@@ -240,6 +240,8 @@ pub struct Overrides {
     pub seed: Option<u64>,
     /// Run with the `exec` driver: this command is the host runtime.
     pub exec: Option<Vec<String>>,
+    /// Run with the shim driver: kata-sim plays containerd to this shim.
+    pub shim: Option<crate::shim::ShimOptions>,
     /// Run the built-in host over real sockets (real clock) instead of in-process.
     pub wire: bool,
     /// Run every scenario with this agent release.
@@ -489,8 +491,31 @@ pub fn run_scenario(
     }
     let trace = Trace::folding();
     let limits = o.limits();
-    let run = match &o.exec {
-        None => {
+    if let Some(opts) = &o.shim {
+        let flavor = opts
+            .flavor
+            .clone()
+            .unwrap_or(crate::shim::launch::Flavor::Other);
+        if let Some(why) = crate::shim::skip_reason(&s, &flavor) {
+            let mut r = Report::scenario_not_run(file, s, why);
+            r.elapsed = start.elapsed();
+            return r;
+        }
+    }
+    let run = match (&o.exec, &o.shim) {
+        (None, Some(opts)) => {
+            let opts = opts.clone();
+            isolated_with(
+                &s,
+                opts.limits.real + REAL_GRACE,
+                move |s| crate::shim::run_blocking(s, &opts),
+                &mut |elapsed| {
+                    tick(elapsed, None);
+                    stop()
+                },
+            )
+        }
+        (None, None) => {
             let wire = o.wire;
             let t = trace.clone();
             isolated_with(
@@ -509,7 +534,7 @@ pub fn run_scenario(
                 },
             )
         }
-        Some(command) => {
+        (Some(command), _) => {
             let command = command.clone();
             // The exec driver stops its command on a signal itself: wait for it.
             isolated_with(

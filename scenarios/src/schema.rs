@@ -136,6 +136,12 @@ pub struct Config {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub agent_version: Option<AgentVersion>,
+    /// Why the scenario is meant for the built-in host only (a behaviour a real runtime
+    /// cannot be made to show, such as a fault in a call it never makes); the shim driver
+    /// reports it as skipped with this reason.
+    #[serde(default, deserialize_with = "non_empty_opt")]
+    #[schemars(length(min = 1))]
+    pub builtin_only: Option<String>,
 }
 
 /// The `guest` section.
@@ -347,6 +353,10 @@ fn non_empty_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
         return Err(serde::de::Error::custom("must not be empty"));
     }
     Ok(s)
+}
+
+fn non_empty_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    non_empty_string(d).map(Some)
 }
 
 fn non_empty_args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

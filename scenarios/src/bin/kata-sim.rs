@@ -58,36 +58,115 @@ enum ColorWhen {
 }
 
 /// Which host runtime runs a scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Driver {
     /// The built-in host, with each scenario's persona.
     Builtin,
     /// The built-in host as the Go shim.
-    #[value(name = "builtin:go")]
     BuiltinGo,
     /// The built-in host as runtime-rs.
-    #[value(name = "builtin:rs")]
     BuiltinRs,
     /// The built-in host as the Go shim at tag 3.19.1.
-    #[value(name = "builtin:go@3.19.1")]
     BuiltinGo3191,
     /// A real host runtime: the command after `--`, against a kata-sim service.
     Exec,
+    /// An unmodified shim binary, driven through containerd's task API (`shim:PATH`).
+    Shim(PathBuf),
+}
+
+/// The drivers' names and what each is, as `--help` lists them.
+const DRIVERS: [(&str, &str); 6] = [
+    ("builtin", "The built-in host, with each scenario's persona"),
+    ("builtin:go", "The built-in host as the Go shim"),
+    ("builtin:rs", "The built-in host as runtime-rs"),
+    (
+        "builtin:go@3.19.1",
+        "The built-in host as the Go shim at tag 3.19.1",
+    ),
+    (
+        "exec",
+        "A real host runtime: the command after `--`, against a kata-sim service",
+    ),
+    (
+        "shim:PATH",
+        "An unmodified shim binary (Kata Go, runtime-rs, containerd-shim-runc-v2), driven as containerd drives it",
+    ),
+];
+
+/// Parses `--driver`: a fixed name, or `shim:PATH`.
+#[derive(Debug, Clone, Copy)]
+struct DriverParser;
+
+impl clap::builder::TypedValueParser for DriverParser {
+    type Value = Driver;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<Driver, clap::Error> {
+        if let Some(path) = value.to_str().and_then(|v| v.strip_prefix("shim:")) {
+            if path.is_empty() {
+                let mut e = clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd);
+                e.insert(
+                    clap::error::ContextKind::InvalidValue,
+                    clap::error::ContextValue::String("shim:".into()),
+                );
+                return Err(e);
+            }
+            return Ok(Driver::Shim(PathBuf::from(path)));
+        }
+        let names: Vec<&str> = DRIVERS
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| !n.starts_with("shim:"))
+            .collect();
+        let name = clap::builder::PossibleValuesParser::new(names).parse_ref(cmd, arg, value)?;
+        Ok(match name.as_str() {
+            "builtin:go" => Driver::BuiltinGo,
+            "builtin:rs" => Driver::BuiltinRs,
+            "builtin:go@3.19.1" => Driver::BuiltinGo3191,
+            "exec" => Driver::Exec,
+            _ => Driver::Builtin,
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(DRIVERS.iter().map(|(n, help)| {
+            clap::builder::PossibleValue::new(*n).help(*help)
+        })))
+    }
 }
 
 impl Driver {
-    fn persona(self) -> Option<Persona> {
+    fn persona(&self) -> Option<Persona> {
         match self {
             Driver::BuiltinGo => Some(Persona::Go),
             Driver::BuiltinRs => Some(Persona::Rs),
             Driver::BuiltinGo3191 => Some(Persona::Go3191),
-            Driver::Builtin | Driver::Exec => None,
+            Driver::Builtin | Driver::Exec | Driver::Shim(_) => None,
         }
     }
 
-    fn name(self) -> String {
-        self.to_possible_value()
-            .map_or_else(String::new, |v| v.get_name().to_owned())
+    fn name(&self) -> String {
+        match self {
+            Driver::Builtin => "builtin".into(),
+            Driver::BuiltinGo => "builtin:go".into(),
+            Driver::BuiltinRs => "builtin:rs".into(),
+            Driver::BuiltinGo3191 => "builtin:go@3.19.1".into(),
+            Driver::Exec => "exec".into(),
+            Driver::Shim(p) => format!("shim:{}", p.display()),
+        }
+    }
+
+    fn shim(&self) -> Option<PathBuf> {
+        match self {
+            Driver::Shim(p) => Some(p.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -146,7 +225,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         library: Option<PathBuf>,
         /// Which host runtime runs them.
-        #[arg(long, value_enum, default_value_t = Driver::Builtin)]
+        #[arg(long, value_parser = DriverParser, default_value = "builtin")]
         driver: Driver,
         /// Run every scenario with this seed instead of its own.
         #[arg(long)]
@@ -168,6 +247,14 @@ enum Command {
         /// How results are printed.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// With `--driver shim:PATH`: the runtime configuration to use instead of the one
+        /// kata-sim writes from each scenario.
+        #[arg(long = "runtime-config", value_name = "FILE")]
+        runtime_config: Option<PathBuf>,
+        /// With `--driver shim:PATH`: the containers' rootfs (default: one made from the host's
+        /// static busybox).
+        #[arg(long, value_name = "DIR")]
+        rootfs: Option<PathBuf>,
         /// With `--driver exec`: the host runtime's command, e.g. `-- ctr run ...`.
         #[arg(last = true)]
         command: Vec<String>,
@@ -193,7 +280,7 @@ enum Command {
         #[arg(long, conflicts_with = "format")]
         mermaid: bool,
         /// Which host runtime runs it.
-        #[arg(long, value_enum, default_value_t = Driver::Builtin)]
+        #[arg(long, value_parser = DriverParser, default_value = "builtin")]
         driver: Driver,
         /// Run it with this seed instead of its own.
         #[arg(long)]
@@ -211,7 +298,7 @@ enum Command {
     /// Where two host runtimes' agent calls for one scenario diverge (exit 1 if they do).
     Diff {
         /// The two drivers, e.g. `--driver builtin:go --driver builtin:rs`.
-        #[arg(long = "driver", value_enum, required = true)]
+        #[arg(long = "driver", value_parser = DriverParser, required = true)]
         drivers: Vec<Driver>,
         /// The scenario file, or the name of a library scenario.
         #[arg(value_name = "PATH|NAME")]
@@ -515,13 +602,17 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
             agent_version,
             timeout,
             format,
+            runtime_config,
+            rootfs,
             command,
         } => {
             ui.init_logging(1);
+            let shim = shim_options(&driver, runtime_config, rootfs, timeout)?;
             let overrides = Overrides {
                 persona: driver.persona(),
                 seed,
-                exec: exec_command(driver, command)?,
+                exec: exec_command(&driver, command)?,
+                shim,
                 wire: transport == Transport::Wire,
                 agent_version,
                 timeout,
@@ -549,7 +640,7 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
             let overrides = Overrides {
                 persona: driver.persona(),
                 seed,
-                exec: exec_command(driver, command)?,
+                exec: exec_command(&driver, command)?,
                 agent_version,
                 ..Default::default()
             };
@@ -582,8 +673,40 @@ fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
 }
 
+/// The shim driver's options (its flags refused with another driver).
+fn shim_options(
+    driver: &Driver,
+    runtime_config: Option<PathBuf>,
+    rootfs: Option<PathBuf>,
+    timeout: Option<Duration>,
+) -> Result<Option<kata_sim::shim::ShimOptions>> {
+    let Some(binary) = driver.shim() else {
+        if runtime_config.is_some() || rootfs.is_some() {
+            return Err(Exit::bad(anyhow::anyhow!(
+                "--runtime-config and --rootfs need --driver shim:PATH"
+            )));
+        }
+        return Ok(None);
+    };
+    if !binary.is_file() {
+        return Err(Exit::bad(anyhow::anyhow!(
+            "--driver shim:{}: no such file",
+            binary.display()
+        )));
+    }
+    let mut o = kata_sim::shim::ShimOptions::new(binary);
+    o.runtime_config = runtime_config;
+    o.rootfs = rootfs;
+    if let Some(t) = timeout {
+        o.limits.real = t;
+        o.limits.step = o.limits.step.min(t);
+        o.limits.teardown = o.limits.teardown.min(t);
+    }
+    Ok(Some(o.identify()))
+}
+
 /// The `exec` driver's command (required with it, refused without it).
-fn exec_command(driver: Driver, command: Vec<String>) -> Result<Option<Vec<String>>> {
+fn exec_command(driver: &Driver, command: Vec<String>) -> Result<Option<Vec<String>>> {
     match (driver, command.is_empty()) {
         (Driver::Exec, true) => Err(Exit::bad(anyhow::anyhow!(
             "--driver exec needs the host runtime's command after --"
@@ -1134,6 +1257,7 @@ fn diff(
         let overrides = Overrides {
             persona: d.persona(),
             exec: (*d == Driver::Exec).then(|| command.clone()),
+            shim: shim_options(d, None, None, None)?,
             agent_version,
             ..Default::default()
         };

@@ -72,6 +72,9 @@ pub trait Runtime {
     fn error(&mut self, e: String);
     /// Where the runtime is stuck, for `what` (`steps[2]`, `teardown`) after `waited`.
     fn stuck(&mut self, what: &str, waited: Duration) -> String;
+    /// Called after each step (whatever its result) with the time it took: a driver of a
+    /// real runtime records the task states the runtime reports then.
+    async fn after_step(&mut self, _step: &Step, _took: Duration) {}
 }
 
 /// The steps, then the teardown, each within its bound; returns whether the teardown
@@ -99,6 +102,7 @@ pub async fn run_body<R: Runtime>(rt: &mut R, s: &Scenario, limits: Limits) -> b
                 rt.error(m);
             }
         }
+        rt.after_step(step, t0.elapsed()).await;
     }
     // Whatever the steps left running is reaped, as a shim exiting would.
     if !rt.sandbox_up() {

@@ -21,9 +21,10 @@ use crate::record::{Level, TaskStatus, Warning};
 use crate::schema::SharedFs;
 use crate::words;
 
-pub(super) const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
-pub(super) const TERMINATION_MESSAGE_POLICY: &str =
-    "io.kubernetes.container.terminationMessagePolicy";
+/// kubelet's annotation of a container's termination-message path.
+pub const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
+/// kubelet's annotation of a container's termination-message policy.
+pub const TERMINATION_MESSAGE_POLICY: &str = "io.kubernetes.container.terminationMessagePolicy";
 pub(super) const SHARED: &str = "/run/kata-containers/shared/containers";
 
 impl<T: Transport> Host<T> {

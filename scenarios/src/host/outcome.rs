@@ -54,6 +54,10 @@ pub struct Outcome {
     pub teardown: Teardown,
     /// Containers left in the guest at the end, sorted.
     pub guest_containers: Vec<String>,
+    /// Each step as a real runtime ran it (the shim driver): its real duration and the task
+    /// states the shim reported after it. Empty for the built-in host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::shim::StepRecord>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -176,6 +180,7 @@ pub fn failed(s: &Scenario, error: String) -> Outcome {
         warnings: Vec::new(),
         teardown: Teardown::Incomplete,
         guest_containers: Vec::new(),
+        steps: Vec::new(),
     }
 }
 
@@ -238,6 +243,7 @@ pub(super) fn outcome<T: Transport>(
         warnings: log.warnings,
         teardown,
         guest_containers,
+        steps: Vec::new(),
     }
 }
 
