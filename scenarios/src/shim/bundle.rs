@@ -38,6 +38,8 @@ pub struct BundleSpec {
     pub binds: Vec<(String, PathBuf)>,
     /// The host name (the sandbox's).
     pub hostname: Option<String>,
+    /// The cgroup (`linux.cgroupsPath`, as containerd sets it: `/NAMESPACE/ID`).
+    pub cgroups_path: String,
 }
 
 /// Where a bundle's rootfs comes from.
@@ -76,6 +78,9 @@ pub fn write(dir: &Path, spec: &BundleSpec, rootfs: &Rootfs) -> std::io::Result<
     root.set_readonly(Some(false));
     oci.set_root(Some(root));
     oci.set_hostname(spec.hostname.clone().or_else(|| Some("kata-sim".into())));
+    if let Some(linux) = oci.linux_mut() {
+        linux.set_cgroups_path(Some(PathBuf::from(&spec.cgroups_path)));
+    }
     let mut mounts: Vec<Mount> = oci.mounts().clone().unwrap_or_default();
     for (dest, source) in &spec.binds {
         mounts.push(

@@ -9,6 +9,7 @@
 //! | shared filesystem | none, whatever `shared_fs` says | `shared_fs` |
 //! | agent dial | `[agent.kata] dial_timeout` (s) | `dial_timeout_ms`, `reconnect_timeout_ms` |
 //! | runtime | `internetworking_model = "none"` with `disable_new_netns` | `[runtime] name`, `hypervisor_name`, `agent_name` (required) |
+//! | cgroups | | `sandbox_cgroup_only = true` (the shipped template's; without it runtime-rs makes an overhead cgroup and fails its Create with "hypervisor cannot be moved to sandbox cgroup": a remote VM has no threads to move) |
 //!
 //! Both take the file's path in the Create request's options (`runtimeoptions.v1.Options`,
 //! what containerd's CRI plugin sends for a runtime's `ConfigPath`): runtime-rs accepts
@@ -51,6 +52,7 @@ pub fn render(flavor: &Flavor, socket: &Path, s: &Scenario) -> String {
                  name = \"virt_container\"\n\
                  hypervisor_name = \"remote\"\n\
                  agent_name = \"kata\"\n\
+                 sandbox_cgroup_only = true\n\
                  disable_guest_seccomp = true\n\
                  static_sandbox_resource_mgmt = true\n",
                 name = s.name

@@ -46,7 +46,8 @@ struct Proc {
 
 /// A container the host created.
 struct Ctr {
-    client: TaskClient,
+    /// The connection to its shim (`None` once the host hung up, after Shutdown).
+    client: Option<TaskClient>,
     bundle: PathBuf,
     host_file: Option<PathBuf>,
     deleted: bool,
@@ -160,8 +161,10 @@ impl ShimHost {
     fn client(&self, cid: &str) -> Result<TaskClient, String> {
         self.containers
             .get(cid)
-            .map(|c| c.client.clone())
-            .ok_or_else(|| format!("no container {cid}: create_container first"))
+            .ok_or_else(|| format!("no container {cid}: create_container first"))?
+            .client
+            .clone()
+            .ok_or_else(|| format!("container {cid}: the shim connection is closed"))
     }
 
     /// The rootfs mounts of a Create: none (the bundle's `rootfs`) but for runtime-rs, which
@@ -189,21 +192,6 @@ impl ShimHost {
         let client = TaskClient::connect(&address)
             .await
             .map_err(|e| format!("connecting to the shim at {address}: {e}"))?;
-        if self.shim_pid.is_none() {
-            let r = self
-                .call(
-                    format!("Connect{{id={id}}}"),
-                    client.connect_task(
-                        api::ConnectRequest {
-                            id: id.into(),
-                            ..Default::default()
-                        },
-                        CALL_LIMIT,
-                    ),
-                )
-                .await?;
-            self.shim_pid = Some(r.shim_pid);
-        }
         Ok(client)
     }
 
@@ -215,6 +203,8 @@ impl ShimHost {
         stdio: bool,
     ) -> Result<(TaskClient, PathBuf), String> {
         let bundle = self.dir.join("bundles").join(id);
+        let mut spec = spec;
+        spec.cgroups_path = format!("/{}/{id}", self.launcher.namespace);
         bundle::write(&bundle, &spec, &self.rootfs)
             .map_err(|e| format!("the bundle of {id}: {e}"))?;
         // containerd's shim log: the Go shims write their log to it and block until it is
@@ -252,12 +242,28 @@ impl ShimHost {
         let c = client.clone();
         self.call(format!("Create{{id={id}}}"), c.create(req, CALL_LIMIT))
             .await?;
+        if self.shim_pid.is_none() {
+            // As containerd: Connect after the Create (runtime-rs has no runtime before it).
+            let r = self
+                .call(
+                    format!("Connect{{id={id}}}"),
+                    client.connect_task(
+                        api::ConnectRequest {
+                            id: id.into(),
+                            ..Default::default()
+                        },
+                        CALL_LIMIT,
+                    ),
+                )
+                .await?;
+            self.shim_pid = Some(r.shim_pid);
+        }
         Ok((client, bundle))
     }
 
     /// The state the shim reports of task `id` (`None`: it does not know it).
     async fn state(&mut self, cid: &str) -> Option<api::StateResponse> {
-        let client = self.containers.get(cid)?.client.clone();
+        let client = self.containers.get(cid)?.client.clone()?;
         client
             .state(
                 api::StateRequest {
@@ -383,7 +389,7 @@ impl ShimHost {
         if c.deleted {
             return Ok(());
         }
-        let client = c.client.clone();
+        let client = self.client(cid)?;
         let running = self
             .procs
             .get(cid)
@@ -586,12 +592,13 @@ impl Runtime for ShimHost {
             annotations,
             binds,
             hostname: None,
+            cgroups_path: String::new(),
         };
         let (client, bundle) = self.create_task(&cid, b, true).await?;
         self.containers.insert(
             cid,
             Ctr {
-                client,
+                client: Some(client),
                 bundle,
                 host_file,
                 deleted: false,
@@ -866,7 +873,7 @@ impl Runtime for ShimHost {
                 }
                 Some(client)
             }
-            None => self.containers.get(&sid).map(|c| c.client.clone()),
+            None => self.containers.get(&sid).and_then(|c| c.client.clone()),
         };
         if let Some(client) = shutdown_client {
             // containerd's Shutdown after the last Delete; the shim exits (its reply may be
@@ -881,6 +888,10 @@ impl Runtime for ShimHost {
                     Duration::from_secs(3),
                 )
                 .await;
+        }
+        // containerd closes its connection after Shutdown; a shim may wait for that to exit.
+        for c in self.containers.values_mut() {
+            c.client = None;
         }
         self.in_flight = Some("the shim's exit after Shutdown".into());
         let exited = self.shim_exited().await;

@@ -46,7 +46,14 @@ impl From<ttrpc::Error> for TaskError {
         match e {
             ttrpc::Error::RpcStatus(s) => TaskError::Status {
                 code: s.code(),
-                message: s.message,
+                // runtime-rs appends anyhow's backtrace to its messages: the words end before.
+                message: s
+                    .message
+                    .split("\n\nStack backtrace:")
+                    .next()
+                    .and_then(|m| m.split("\\n\\nStack backtrace:").next())
+                    .unwrap_or_default()
+                    .to_string(),
             },
             other => TaskError::Transport(other.to_string()),
         }
