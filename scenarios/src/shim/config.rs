@@ -9,6 +9,7 @@
 //! | shared filesystem | none, whatever `shared_fs` says | `shared_fs` |
 //! | agent dial | `[agent.kata] dial_timeout` (s) | `dial_timeout_ms`, `reconnect_timeout_ms` |
 //! | runtime | `internetworking_model = "none"` with `disable_new_netns` | `[runtime] name`, `hypervisor_name`, `agent_name` (required) |
+//! | CreateContainer deadline | `[runtime] create_container_timeout` (s; the shipped template's 60: without it the deadline is 0 and every CreateContainer "timed out") | `[agent.kata] create_container_timeout` (s, default 30) |
 //! | cgroups | | `sandbox_cgroup_only = true` (the shipped template's; without it runtime-rs makes an overhead cgroup and fails its Create with "hypervisor cannot be moved to sandbox cgroup": a remote VM has no threads to move) |
 //!
 //! Both take the file's path in the Create request's options (`runtimeoptions.v1.Options`,
@@ -70,7 +71,8 @@ pub fn render(flavor: &Flavor, socket: &Path, s: &Scenario) -> String {
              internetworking_model = \"none\"\n\
              disable_new_netns = true\n\
              disable_guest_seccomp = true\n\
-             static_sandbox_resource_mgmt = true\n",
+             static_sandbox_resource_mgmt = true\n\
+             create_container_timeout = 60\n",
             name = s.name
         ),
     }
