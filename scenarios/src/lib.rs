@@ -9,6 +9,7 @@
 //!   states); [`words`]: the runtimes' own log messages and error renderings.
 //! - [`shim`]: the shim driver: kata-sim plays containerd to an unmodified shim binary and
 //!   replays the steps through containerd's task API.
+//! - [`snapshot`]: `kata-sim run --snapshots DIR`: outcomes held against insta-format files.
 //! - [`exec`]: the `exec` driver: a real host runtime against a kata-sim service.
 //! - [`render`]: Mermaid diagrams of a run, and diffs of two runs' agent calls.
 //! - [`runner`]: `kata-sim run` and `check`: finding files, summaries; [`junit`]: JUnit XML.
@@ -26,4 +27,5 @@ pub mod runner;
 pub mod schema;
 pub mod serve;
 pub mod shim;
+pub mod snapshot;
 pub mod words;

@@ -242,6 +242,8 @@ pub struct Overrides {
     pub exec: Option<Vec<String>>,
     /// Run with the shim driver: kata-sim plays containerd to this shim.
     pub shim: Option<crate::shim::ShimOptions>,
+    /// Hold each outcome against its snapshot in this directory ([`crate::snapshot`]).
+    pub snapshots: Option<PathBuf>,
     /// Run the built-in host over real sockets (real clock) instead of in-process.
     pub wire: bool,
     /// Run every scenario with this agent release.
@@ -567,6 +569,23 @@ pub fn run_scenario(
     } else {
         check(&s, &outcome)
     };
+    let mut mismatches = mismatches;
+    if let Some(dir) = &o.snapshots {
+        let what = "snapshot".to_string();
+        match crate::snapshot::check(dir, &outcome) {
+            Ok(crate::snapshot::Snap::Matched | crate::snapshot::Snap::Written(_)) => {}
+            Ok(crate::snapshot::Snap::Differs(new)) => mismatches.push(crate::check::Mismatch {
+                what,
+                expected: format!("{}", dir.join(format!("{}.snap", s.name)).display()),
+                actual: format!("differs: {} (cargo insta review)", new.display()),
+            }),
+            Err(e) => mismatches.push(crate::check::Mismatch {
+                what,
+                expected: "a readable snapshot".into(),
+                actual: e,
+            }),
+        }
+    }
     Report {
         file: file.to_path_buf(),
         scenario: Some(s),

@@ -75,3 +75,155 @@ fn a_pod_runs_its_container_and_the_teardown_ends_the_shim() {
     assert_eq!(o.tasks["c1"].status, TaskStatus::Stopped);
     assert_eq!(o.tasks["c1"].exit_status, Some(3));
 }
+
+#[test]
+fn every_runc_scenario_matches_its_snapshot() {
+    let opts = options();
+    insta::glob!("shim/runc-*.yaml", |path| {
+        let s = kata_sim::load::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let o = run_blocking(&s, &opts);
+        let mismatches = kata_sim::check::check(&s, &o);
+        assert!(mismatches.is_empty(), "{}: {mismatches:#?}\n{o:#?}", s.name);
+        insta::with_settings!({ snapshot_path => "snapshots/shim", prepend_module_to_snapshot => false }, {
+            insta::assert_yaml_snapshot!(s.name.as_str(), kata_sim::snapshot::redacted(&o));
+        });
+    });
+}
+
+#[test]
+fn a_shim_that_never_prints_its_address_is_stopped_at_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = dir.path().join("silent-shim");
+    // It answers neither --version nor start: it waits until it is killed.
+    std::fs::write(&shim, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut opts = ShimOptions::new(&shim);
+    opts.flavor = Some(kata_sim::shim::launch::Flavor::Other);
+    opts.start_limit = Duration::from_millis(500);
+    let s = scenario("runc-pod.yaml");
+    let o = run_blocking(&s, &opts);
+    assert!(
+        o.errors
+            .iter()
+            .any(|e| e.contains("start printed no address within 0.5 s (killed)")),
+        "{:#?}",
+        o.errors
+    );
+    // Nothing was created, and nothing of the shim is left running.
+    assert!(o.processes.get("c1").and_then(|p| p.exit_code).is_none());
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&shim.display().to_string()))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The driver's parts on their own: a shim killed under a running task fails the next call
+/// at once (no hang), its events reached the events service, and the shim binary's `delete`
+/// cleans up after it as containerd's clean-up of a dead shim does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_shim_fails_the_next_call_and_its_delete_cleans_up() {
+    use containerd_shim_protos::api;
+    use kata_sim::shim::bundle::{self, BundleSpec, Rootfs};
+    use kata_sim::shim::events::EventServer;
+    use kata_sim::shim::fifo::LogPipe;
+    use kata_sim::shim::launch::Launcher;
+    use kata_sim::shim::task::{TaskClient, TaskError};
+
+    assert!(Path::new(RUNC_SHIM).is_file(), "{RUNC_SHIM} is missing");
+    let dir = tempfile::tempdir().unwrap();
+    let events = EventServer::bind(&dir.path().join("events.sock"))
+        .await
+        .unwrap();
+    let busybox = bundle::busybox_copy(dir.path()).unwrap();
+    let b = dir.path().join("bundles/crash1");
+    let spec = BundleSpec {
+        args: vec!["/bin/sleep".into(), "1000".into()],
+        cgroups_path: "/kata-sim-test/crash1".into(),
+        ..Default::default()
+    };
+    bundle::write(&b, &spec, &Rootfs::Busybox(busybox)).unwrap();
+    let log = LogPipe::open(&b.join("log")).unwrap();
+    let launcher = Launcher {
+        binary: RUNC_SHIM.into(),
+        namespace: "kata-sim-test".into(),
+        address: dir.path().join("containerd.sock"),
+        ttrpc_address: events.path().to_path_buf(),
+        env: Vec::new(),
+        debug: false,
+        start_limit: Duration::from_secs(10),
+    };
+    let address = launcher.start("crash1", &b).await.unwrap();
+    assert!(
+        address.starts_with("unix:///run/containerd/s/"),
+        "{address}"
+    );
+    let client = TaskClient::connect(&address).await.unwrap();
+    let limit = Duration::from_secs(30);
+    client
+        .create(
+            api::CreateTaskRequest {
+                id: "crash1".into(),
+                bundle: b.display().to_string(),
+                ..Default::default()
+            },
+            limit,
+        )
+        .await
+        .unwrap();
+    let started = client
+        .start(
+            api::StartRequest {
+                id: "crash1".into(),
+                ..Default::default()
+            },
+            limit,
+        )
+        .await
+        .unwrap();
+    let pids = client
+        .connect_task(
+            api::ConnectRequest {
+                id: "crash1".into(),
+                ..Default::default()
+            },
+            limit,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pids.task_pid, started.pid);
+    // The shim published its task's creation and start to the events service.
+    let mut seen = events.log().subscribe();
+    seen.wait_for(|n| *n >= 2).await.unwrap();
+    let topics: Vec<String> = events
+        .log()
+        .events()
+        .iter()
+        .map(|e| e.topic.clone())
+        .collect();
+    assert_eq!(topics[..2], ["/tasks/create", "/tasks/start"], "{topics:?}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pids.shim_pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let r = client
+        .state(
+            api::StateRequest {
+                id: "crash1".into(),
+                ..Default::default()
+            },
+            limit,
+        )
+        .await;
+    assert!(matches!(r, Err(TaskError::Transport(_))), "{r:?}");
+    // containerd's clean-up after a dead shim: `delete` kills and removes the task.
+    let deleted = launcher.delete("crash1", &b).await.unwrap();
+    assert_eq!(deleted.exit_status, 137);
+    assert_eq!(deleted.pid, started.pid);
+    drop(log.finish());
+    events.shutdown().await;
+}

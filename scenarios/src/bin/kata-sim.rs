@@ -247,6 +247,10 @@ enum Command {
         /// How results are printed.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Hold each outcome against `DIR/<scenario>.snap` (insta's format; a missing one is
+        /// written, a changed one goes to `.snap.new` and fails the run).
+        #[arg(long, value_name = "DIR")]
+        snapshots: Option<PathBuf>,
         /// With `--driver shim:PATH`: the runtime configuration to use instead of the one
         /// kata-sim writes from each scenario.
         #[arg(long = "runtime-config", value_name = "FILE")]
@@ -602,6 +606,7 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
             agent_version,
             timeout,
             format,
+            snapshots,
             runtime_config,
             rootfs,
             command,
@@ -613,6 +618,7 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
                 seed,
                 exec: exec_command(&driver, command)?,
                 shim,
+                snapshots,
                 wire: transport == Transport::Wire,
                 agent_version,
                 timeout,

@@ -1,5 +1,5 @@
 //! The step interpreter: each scenario step, within its bound, as calls of a [`Runtime`]: the
-//! built-in host ([`Host`]) or a driver of a real runtime ([`crate::shim`]).
+//! built-in host or a driver of a real runtime ([`crate::shim`]).
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use crate::schema::{
 /// A host runtime as the step interpreter drives it: one method per lifecycle step (what
 /// containerd and kubelet ask of a runtime), the guest-side hooks kata-sim itself acts through
 /// (the guest model, its VM, the fault engine), and the run's record of errors. The built-in
-/// host ([`Host`], any persona, either transport) and the shim driver (a real shim through
+/// host (any persona, either transport) and the shim driver (a real shim through
 /// containerd's task API, [`crate::shim`]) implement it, so a scenario's steps mean the same on
 /// both. A step's error is returned in the runtime's words; [`run_body`] records it.
 #[allow(

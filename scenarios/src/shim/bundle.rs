@@ -5,7 +5,7 @@
 //! The rootfs is the host's static busybox (Debian's `busybox-static`) with a link per applet
 //! and a `/pause` for the sandbox container, made once per run; `--rootfs DIR` gives another.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Mount, MountBuilder, Process, Root, Spec};
@@ -77,7 +77,8 @@ pub fn write(dir: &Path, spec: &BundleSpec, rootfs: &Rootfs) -> std::io::Result<
     }
     root.set_readonly(Some(false));
     oci.set_root(Some(root));
-    oci.set_hostname(spec.hostname.clone().or_else(|| Some("kata-sim".into())));
+    // containerd sets no host name of its own (`ctr run`); CRI the pod's.
+    oci.set_hostname(spec.hostname.clone());
     if let Some(linux) = oci.linux_mut() {
         linux.set_cgroups_path(Some(PathBuf::from(&spec.cgroups_path)));
     }
@@ -94,11 +95,12 @@ pub fn write(dir: &Path, spec: &BundleSpec, rootfs: &Rootfs) -> std::io::Result<
         );
     }
     oci.set_mounts(Some(mounts));
+    // oci-spec's map type; config.json is written once and read by the shim, not traced.
     oci.set_annotations(Some(
         spec.annotations
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<HashMap<_, _>>(),
+            .collect(),
     ));
     oci.save(dir.join("config.json"))
         .map_err(std::io::Error::other)

@@ -278,7 +278,13 @@ impl ShimHost {
 
     /// Records the state the shim reports of every container after a step.
     pub(super) async fn record_step(&mut self, step: String, took: Duration) {
-        let ids: Vec<String> = self.containers.keys().cloned().collect();
+        // A deleted task is gone from containerd's view: its last state stands.
+        let ids: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| !c.deleted)
+            .map(|(id, _)| id.clone())
+            .collect();
         let mut states = BTreeMap::new();
         for cid in ids {
             let Some(st) = self.state(&cid).await else {

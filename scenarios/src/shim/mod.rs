@@ -11,7 +11,7 @@
 //! 3. It serves the events service ([`events`]) at the shim's `TTRPC_ADDRESS`, and starts the
 //!    shim as containerd 1.6 does ([`launch`]): `-namespace -address -publish-binary -id
 //!    start` in the bundle, the address read back, a drained `log` FIFO in every bundle.
-//! 4. Each step is a [`Runtime`] call ([`driver`]): a pod is a sandbox container (`/pause`,
+//! 4. Each step is a [`Runtime`](crate::host::Runtime) call (the `driver` module): a pod is a sandbox container (`/pause`,
 //!    container type `sandbox`) plus containers (type `container`, the sandbox's id), as
 //!    kubelet runs it through containerd's CRI plugin; a scenario whose container has the
 //!    sandbox's id runs it as the sandbox's own container (`ctr run`, as the recorded pods
@@ -149,9 +149,12 @@ impl Serialize for StepRecord {
                 (id.as_str(), text)
             })
             .collect();
-        let mut r = s.serialize_struct("StepRecord", 3)?;
+        let timed = !self.took.is_zero();
+        let mut r = s.serialize_struct("StepRecord", 2 + usize::from(timed))?;
         r.serialize_field("step", &self.step)?;
-        r.serialize_field("took_s", &self.took.as_secs_f64())?;
+        if timed {
+            r.serialize_field("took_s", &self.took.as_secs_f64())?;
+        }
         r.serialize_field("tasks", &tasks)?;
         r.end()
     }

@@ -1,0 +1,170 @@
+//! Snapshots of runs outside `cargo test`: `kata-sim run --snapshots DIR` holds each outcome
+//! against `DIR/<scenario>.snap`, in insta's file format, so `cargo insta review` (run in the
+//! directory's workspace) accepts or rejects a changed one as it does the library's.
+//!
+//! A missing snapshot is written (the first run records it); one that differs is left alone,
+//! the new outcome goes to `<scenario>.snap.new` and the run fails. A real runtime's run
+//! ([`Outcome::steps`] not empty) is on the real clock: its times (when a task state was
+//! published, each step's duration) are left out, so that the same behaviour snapshots the
+//! same.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::host::Outcome;
+
+/// What became of a run's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snap {
+    /// It matched the stored one.
+    Matched,
+    /// There was none: this one was written.
+    Written(PathBuf),
+    /// It differs: the new one is at this path, beside the stored one.
+    Differs(PathBuf),
+}
+
+/// `-<16 hex digits>-` (a runtime's random file-name part) as `-[random]-`.
+fn random_parts(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = String::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        let hex = bytes.get(i + 1..i + 17).is_some_and(|h| {
+            h.iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        });
+        if bytes[i] == b'-' && hex && bytes.get(i + 17) == Some(&b'-') {
+            out.push_str("-[random]");
+            i += 17;
+        } else {
+            let c = v[i..].chars().next().unwrap_or('?');
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// The outcome as a snapshot holds it. A real runtime's run has its real-clock times zeroed,
+/// the random parts of the file names it chose (`c7-1fec8353d6b4d56a-termination-log`) and
+/// the network namespace it made left out.
+pub fn redacted(o: &Outcome) -> Outcome {
+    let mut o = o.clone();
+    if o.steps.is_empty() {
+        return o;
+    }
+    for c in &mut o.calls {
+        for (k, v) in &mut c.fields {
+            if k == "netns" && !v.is_empty() {
+                *v = "[netns]".into();
+            } else {
+                *v = random_parts(v);
+            }
+        }
+    }
+    for t in o.tasks.values_mut() {
+        t.published_at = Duration::ZERO;
+        t.exited_at = None;
+    }
+    for s in &mut o.steps {
+        s.took = Duration::ZERO;
+    }
+    o
+}
+
+/// The body of a snapshot of `o`.
+pub fn render(o: &Outcome) -> Result<String, String> {
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.prefer_block_scalars = false;
+    serde_saphyr::to_string_with_options(&redacted(o), options)
+        .map_err(|e| format!("rendering the snapshot: {e}"))
+}
+
+fn body(file: &str) -> &str {
+    // insta's header: `---`, metadata lines, `---`.
+    file.strip_prefix("---\n")
+        .and_then(|rest| rest.split_once("\n---\n").map(|(_, b)| b))
+        .unwrap_or(file)
+}
+
+/// Holds `o` against its snapshot in `dir`.
+pub fn check(dir: &Path, o: &Outcome) -> Result<Snap, String> {
+    let text = render(o)?;
+    let file = format!(
+        "---\nsource: kata-sim run\nexpression: {}\n---\n{text}",
+        o.name
+    );
+    let path = dir.join(format!("{}.snap", o.name));
+    let new = dir.join(format!("{}.snap.new", o.name));
+    match std::fs::read_to_string(&path) {
+        Ok(stored) if body(&stored).trim_end() == text.trim_end() => {
+            let _ = std::fs::remove_file(&new);
+            Ok(Snap::Matched)
+        }
+        Ok(_) => {
+            std::fs::write(&new, file).map_err(|e| format!("{}: {e}", new.display()))?;
+            Ok(Snap::Differs(new))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::write(&path, file).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(Snap::Written(path))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome() -> Outcome {
+        let s = crate::load::parse(Path::new("t.yaml"), "name: snap-t\nsteps: []\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        crate::host::failed(&s, "an error".into())
+    }
+
+    #[test]
+    fn a_snapshot_is_written_then_matched_then_a_change_goes_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = outcome();
+        assert_eq!(
+            check(dir.path(), &o).unwrap(),
+            Snap::Written(dir.path().join("snap-t.snap"))
+        );
+        assert_eq!(check(dir.path(), &o).unwrap(), Snap::Matched);
+        let mut changed = o.clone();
+        changed.errors = vec!["another error".into()];
+        let new = dir.path().join("snap-t.snap.new");
+        assert_eq!(
+            check(dir.path(), &changed).unwrap(),
+            Snap::Differs(new.clone())
+        );
+        assert!(
+            std::fs::read_to_string(&new)
+                .unwrap()
+                .contains("another error")
+        );
+        let stored = std::fs::read_to_string(dir.path().join("snap-t.snap")).unwrap();
+        assert!(
+            stored.contains("an error") && !stored.contains("another"),
+            "{stored}"
+        );
+        // Matching again removes the stale .snap.new.
+        assert_eq!(check(dir.path(), &o).unwrap(), Snap::Matched);
+        assert!(!new.exists());
+    }
+
+    #[test]
+    fn random_name_parts_are_redacted_and_nothing_else() {
+        assert_eq!(
+            random_parts(
+                "/run/kata-containers/shared/containers/c7-1fec8353d6b4d56a-termination-log"
+            ),
+            "/run/kata-containers/shared/containers/c7-[random]-termination-log"
+        );
+        assert_eq!(random_parts("c7-1fec8353d6b4d56-x"), "c7-1fec8353d6b4d56-x");
+        assert_eq!(random_parts("é-0123456789abcdef-"), "é-[random]-");
+    }
+}
