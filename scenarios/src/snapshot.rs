@@ -46,6 +46,27 @@ fn random_parts(v: &str) -> String {
     out
 }
 
+/// The shim driver's run directory (`/tmp/kata-sim-shim-AbC123`) as `[run]`.
+fn run_dir(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut rest = v;
+    while let Some(at) = rest.find("kata-sim-shim-") {
+        // The directory's whole path: back to the `/` that starts it.
+        let start = rest[..at]
+            .rfind(|c: char| c.is_whitespace() || c == '"' || c == '=')
+            .map_or(0, |i| i + 1);
+        out.push_str(&rest[..start]);
+        let after = &rest[at + "kata-sim-shim-".len()..];
+        let end = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        out.push_str("[run]");
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The outcome as a snapshot holds it. A real runtime's run has its real-clock times zeroed,
 /// the random parts of the file names it chose (`c7-1fec8353d6b4d56a-termination-log`) and
 /// the network namespace it made left out.
@@ -59,8 +80,27 @@ pub fn redacted(o: &Outcome) -> Outcome {
             if k == "netns" && !v.is_empty() {
                 *v = "[netns]".into();
             } else {
-                *v = random_parts(v);
+                *v = run_dir(&random_parts(v));
             }
+        }
+    }
+    for w in &mut o.warnings {
+        w.message = run_dir(&random_parts(&w.message));
+        if let Some(e) = &mut w.error {
+            *e = run_dir(&random_parts(e));
+        }
+    }
+    for e in &mut o.errors {
+        *e = run_dir(&random_parts(e));
+    }
+    // A real runtime logs from several threads (and walks hash maps): its warnings' order is
+    // not its behaviour. Sorted, with equal ones counted together.
+    let mut warnings = std::mem::take(&mut o.warnings);
+    warnings.sort_by(|a, b| (a.level, &a.message, &a.error).cmp(&(b.level, &b.message, &b.error)));
+    for w in warnings {
+        match o.warnings.last_mut() {
+            Some(last) if last.same(&w) => last.count = last.count.saturating_add(w.count),
+            _ => o.warnings.push(w),
         }
     }
     for t in o.tasks.values_mut() {
@@ -166,5 +206,13 @@ mod tests {
         );
         assert_eq!(random_parts("c7-1fec8353d6b4d56-x"), "c7-1fec8353d6b4d56-x");
         assert_eq!(random_parts("é-0123456789abcdef-"), "é-[random]-");
+        assert_eq!(
+            run_dir("open /tmp/kata-sim-shim-Ab12cd/vms/c7/agent.sock: gone"),
+            "open [run]/vms/c7/agent.sock: gone"
+        );
+        assert_eq!(
+            run_dir("path=\"/tmp/kata-sim-shim-x1/a\""),
+            "path=\"[run]/a\""
+        );
     }
 }

@@ -154,6 +154,7 @@ async fn a_crashed_shim_fails_the_next_call_and_its_delete_cleans_up() {
         env: Vec::new(),
         debug: false,
         start_limit: Duration::from_secs(10),
+        capture: None,
     };
     let address = launcher.start("crash1", &b).await.unwrap();
     assert!(

@@ -500,11 +500,16 @@ impl ShimHost {
         }
     }
 
-    /// The shims' logs, read to their end (call it once the shims have exited): the lines at
-    /// warning level or worse become warnings.
-    pub(super) fn collect_logs(&mut self) {
+    /// The shims' log FIFOs, read to their end (call it once the shims have exited): with
+    /// `warn`, the lines at warning level or worse become warnings (a Kata Go shim logs the
+    /// same lines to syslog, which [`super::logs`] captures instead).
+    pub(super) fn collect_logs(&mut self, warn: bool) {
         for log in std::mem::take(&mut self.logs) {
-            for line in String::from_utf8_lossy(&log.finish()).lines() {
+            let text = log.finish();
+            if !warn {
+                continue;
+            }
+            for line in String::from_utf8_lossy(&text).lines() {
                 if let Some(w) = super::log_warning(line) {
                     self.warnings.push(w);
                 }

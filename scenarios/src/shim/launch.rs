@@ -103,11 +103,16 @@ pub struct Launcher {
     pub debug: bool,
     /// How long `start` may take.
     pub start_limit: Duration,
+    /// Runs the shim in a namespace where its syslog and journal are kata-sim's, if set.
+    pub capture: Option<std::sync::Arc<super::logs::Capture>>,
 }
 
 impl Launcher {
     fn command(&self, id: &str, bundle: &Path) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.binary);
+        let mut cmd = match &self.capture {
+            Some(c) => c.command(&self.binary),
+            None => tokio::process::Command::new(&self.binary),
+        };
         let publish = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kata-sim"));
         cmd.arg("-namespace")
             .arg(&self.namespace)
@@ -278,6 +283,7 @@ mod tests {
             env: Vec::new(),
             debug: false,
             start_limit: Duration::from_secs(30),
+            capture: None,
         };
         let e = l.start("c1", dir.path()).await.unwrap_err();
         assert!(matches!(e, LaunchError::NoAddress { .. }), "{e}");

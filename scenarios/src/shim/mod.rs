@@ -35,10 +35,11 @@ mod driver;
 pub mod events;
 pub mod fifo;
 pub mod launch;
+pub mod logs;
 pub mod task;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,6 +255,18 @@ fn log_warning(line: &str) -> Option<Warning> {
     Some(Warning::new(level, msg, None))
 }
 
+/// Identical consecutive warnings as one, with their count (as the built-in host keeps them).
+fn fold(warnings: Vec<Warning>) -> Vec<Warning> {
+    let mut out: Vec<Warning> = Vec::new();
+    for w in warnings {
+        match out.last_mut() {
+            Some(last) if last.same(&w) => last.count = last.count.saturating_add(w.count),
+            _ => out.push(w),
+        }
+    }
+    out
+}
+
 /// The kata-sim service a Kata shim runs on: the fleet and its socket.
 struct Service {
     fleet: Arc<Fleet>,
@@ -342,6 +355,15 @@ pub async fn run(s: &Scenario, opts: &ShimOptions) -> Outcome {
         Ok(e) => e,
         Err(e) => return failed(s, format!("the events service: {e}")),
     };
+    // The Kata shims log to syslog and journald: kata-sim's, in a namespace of the shim's.
+    let capture = if flavor.is_kata() && Path::new(logs::UNSHARE).is_file() {
+        match logs::Capture::bind(&dir.path().join("logs")) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => return failed(s, format!("the log sockets: {e}")),
+        }
+    } else {
+        None
+    };
     let launcher = Launcher {
         binary: opts.binary.clone(),
         namespace: "kata-sim".into(),
@@ -350,6 +372,7 @@ pub async fn run(s: &Scenario, opts: &ShimOptions) -> Outcome {
         env: Vec::new(),
         debug: opts.debug,
         start_limit: opts.start_limit,
+        capture: capture.clone(),
     };
     let engine = service
         .as_ref()
@@ -375,7 +398,10 @@ pub async fn run(s: &Scenario, opts: &ShimOptions) -> Outcome {
         }
     };
     host.cleanup().await;
-    host.collect_logs();
+    host.collect_logs(capture.is_none());
+    if let Some(c) = &capture {
+        host.warnings.extend(c.finish());
+    }
     let (calls, left) = match &service {
         Some(sv) => (
             sv.fleet.trace().events().iter().map(Call::from).collect(),
@@ -403,7 +429,7 @@ pub async fn run(s: &Scenario, opts: &ShimOptions) -> Outcome {
         host_files: std::mem::take(&mut host.host_files),
         tasks: std::mem::take(&mut host.tasks),
         errors: std::mem::take(&mut host.errors),
-        warnings: std::mem::take(&mut host.warnings),
+        warnings: fold(std::mem::take(&mut host.warnings)),
         teardown: if teardown_ok && host.torn_down && left.is_empty() {
             Teardown::Completed
         } else {
