@@ -1,5 +1,11 @@
 //! The `exec` driver: a real host runtime drives the lifecycle; kata-sim serves it.
 //!
+//! A thin variant of the shim driver ([`crate::shim`]): the same kata-sim service
+//! (`shim::serve`: the scenario's guest, faults and seed, every call recorded) and the same
+//! record of calls and VMs left, but the user's command plays containerd (a `ctr` script, a
+//! CRI client) instead of kata-sim. Prefer `--driver shim:PATH`, which also replays the steps
+//! and checks the whole outcome.
+//!
 //! The driver starts a remote-hypervisor service (as `kata-sim serve`) with the scenario's
 //! faults, seed, agent version and scripted programs, runs the user's command with the socket
 //! paths in its environment, and records what that runtime sent. The scenario's `steps` are
@@ -28,11 +34,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use sim_agent::fault::FaultEngine;
-use sim_hypervisor::{Fleet, FleetConfig, RemoteHypervisorServer, SimVmConfig};
-
-use crate::host::{Outcome, agent_config};
-use crate::record::{Call, FaultFired, Warning};
+use crate::host::Outcome;
+use crate::record::{FaultFired, Warning};
 use crate::schema::{Scenario, Teardown};
 
 /// How long the command may run.
@@ -108,33 +111,15 @@ pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
         return crate::host::failed(s, format!("not run: interrupted by {sig}"));
     }
     let mut errors = Vec::new();
-    let mut agent = agent_config(s);
-    // The guests' roots go in the run's directory, which is removed after the run.
-    if agent.guest_root.is_none() {
-        agent.temp_dir = Some(dir.to_path_buf());
-    }
-    let mut config = FleetConfig::new(dir.join("vms"));
-    config.vm = SimVmConfig {
-        agent,
-        ..Default::default()
+    // The shim driver's service: the same guest, faults, seed and record.
+    let service = match crate::shim::serve(s, dir).await {
+        Ok(sv) => sv,
+        Err(e) => return crate::host::failed(s, e),
     };
-    config.faults = FaultEngine::new(s.seed);
-    config.record = true;
-    for rule in &s.faults {
-        config.faults.add_rule(rule.clone());
-    }
-    let engine = config.faults.clone();
-    let socket = dir.join("hypervisor.sock");
-    let fleet = match Fleet::new(config) {
-        Ok(f) => Arc::new(f),
-        Err(e) => return crate::host::failed(s, format!("state dir: {e}")),
-    };
-    let server = match RemoteHypervisorServer::bind(&socket, Arc::clone(&fleet)).await {
-        Ok(srv) => srv,
-        Err(e) => return crate::host::failed(s, format!("serving {}: {e}", socket.display())),
-    };
+    let (fleet, socket) = (Arc::clone(&service.fleet), service.socket.clone());
+    let engine = fleet.faults().clone();
     let Some((program, args)) = command.split_first() else {
-        server.shutdown().await;
+        service.server.shutdown().await;
         return crate::host::failed(s, "no command given to the exec driver".into());
     };
     let child = tokio::process::Command::new(program)
@@ -168,14 +153,13 @@ pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
         }
     }
     // The runtime is done: whatever VM it left is a teardown it did not complete.
-    let left = fleet.ids();
-    let events = fleet.trace().events();
-    server.shutdown().await;
+    let (calls, left) = service.record();
+    service.server.shutdown().await;
     Outcome {
         name: s.name.clone(),
         persona: s.config.persona,
         seed: s.seed,
-        calls: events.iter().map(Call::from).collect(),
+        calls,
         faults: FaultFired::folded(&engine.fired()),
         faults_not_kept: engine.fired_dropped(),
         processes: BTreeMap::new(),

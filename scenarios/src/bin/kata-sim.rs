@@ -251,8 +251,8 @@ enum Command {
         /// written, a changed one goes to `.snap.new` and fails the run).
         #[arg(long, value_name = "DIR")]
         snapshots: Option<PathBuf>,
-        /// With `--driver shim:PATH`: the runtime configuration to use instead of the one
-        /// kata-sim writes from each scenario.
+        /// With `--driver shim:PATH` (a Kata shim): a drop-in merged over the configuration
+        /// kata-sim writes from each scenario (installed as `config.d/50-user.toml`).
         #[arg(long = "runtime-config", value_name = "FILE")]
         runtime_config: Option<PathBuf>,
         /// With `--driver shim:PATH`: the containers' rootfs (default: one made from the host's

@@ -58,7 +58,8 @@ use launch::{Flavor, Launcher};
 pub struct ShimOptions {
     /// The shim binary.
     pub binary: PathBuf,
-    /// The runtime configuration to use instead of the one written from the scenario.
+    /// A drop-in merged over the configuration written from the scenario (installed as
+    /// `config.d/50-user.toml` beside it, which both Kata runtimes read).
     pub runtime_config: Option<PathBuf>,
     /// The containers' rootfs instead of the busybox one made per run.
     pub rootfs: Option<PathBuf>,
@@ -267,14 +268,27 @@ fn fold(warnings: Vec<Warning>) -> Vec<Warning> {
     out
 }
 
-/// The kata-sim service a Kata shim runs on: the fleet and its socket.
-struct Service {
-    fleet: Arc<Fleet>,
-    server: RemoteHypervisorServer,
-    socket: PathBuf,
+/// The kata-sim service a real runtime runs on (the shim driver's Kata shims, the exec
+/// driver's command): the fleet and its remote-hypervisor socket.
+pub(crate) struct Service {
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) server: RemoteHypervisorServer,
+    pub(crate) socket: PathBuf,
 }
 
-async fn serve(s: &Scenario, dir: &std::path::Path) -> Result<Service, String> {
+impl Service {
+    /// The calls the fleet served, and the VMs the runtime left running.
+    pub(crate) fn record(&self) -> (Vec<Call>, Vec<String>) {
+        (
+            self.fleet.trace().events().iter().map(Call::from).collect(),
+            self.fleet.ids(),
+        )
+    }
+}
+
+/// Serves `s`'s guest, faults and seed in `dir` (`hypervisor.sock`, `vms/`), recording every
+/// call.
+pub(crate) async fn serve(s: &Scenario, dir: &std::path::Path) -> Result<Service, String> {
     let mut agent = agent_config(s);
     if agent.guest_root.is_none() {
         agent.temp_dir = Some(dir.to_path_buf());
@@ -334,23 +348,27 @@ pub async fn run(s: &Scenario, opts: &ShimOptions) -> Outcome {
     } else {
         None
     };
-    let options = match (&service, &flavor) {
-        (Some(sv), _) => {
-            let path = match &opts.runtime_config {
-                Some(p) => p.clone(),
-                None => {
-                    let p = dir.path().join("configuration.toml");
-                    let text = config::render(&flavor, &sv.socket, s);
-                    if let Err(e) = std::fs::write(&p, text) {
-                        return failed(s, format!("the runtime configuration: {e}"));
-                    }
-                    p
+    let options = match &service {
+        Some(sv) => {
+            let path = dir.path().join("configuration.toml");
+            let text = config::render(&flavor, &sv.socket, s);
+            if let Err(e) = std::fs::write(&path, text) {
+                return failed(s, format!("the runtime configuration: {e}"));
+            }
+            if let Some(user) = &opts.runtime_config {
+                // Both runtimes merge `config.d/*.toml` beside their configuration over it.
+                let drop_in = dir.path().join("config.d");
+                let copied = std::fs::create_dir_all(&drop_in)
+                    .and_then(|()| std::fs::copy(user, drop_in.join("50-user.toml")));
+                if let Err(e) = copied {
+                    return failed(s, format!("--runtime-config {}: {e}", user.display()));
                 }
-            };
+            }
             Some(config::create_options(&path))
         }
-        (None, _) => None,
+        None => None,
     };
+
     let events = match events::EventServer::bind(&dir.path().join("events.sock")).await {
         Ok(e) => e,
         Err(e) => return failed(s, format!("the events service: {e}")),
@@ -402,13 +420,7 @@ pub async fn run(s: &Scenario, opts: &ShimOptions) -> Outcome {
     if let Some(c) = &capture {
         host.warnings.extend(c.finish());
     }
-    let (calls, left) = match &service {
-        Some(sv) => (
-            sv.fleet.trace().events().iter().map(Call::from).collect(),
-            sv.fleet.ids(),
-        ),
-        None => (Vec::new(), Vec::new()),
-    };
+    let (calls, left) = service.as_ref().map(Service::record).unwrap_or_default();
     for id in &left {
         host.warnings.push(Warning::once(format!(
             "the runtime left VM {id} running (kata-sim)"
