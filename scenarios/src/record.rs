@@ -230,6 +230,14 @@ impl Warning {
         self.level == other.level && self.message == other.message && self.error == other.error
     }
 
+    /// Appends `w` to `warnings`, folded into the last one when it says the same.
+    pub fn push_folded(warnings: &mut Vec<Warning>, w: Warning) {
+        match warnings.last_mut() {
+            Some(last) if last.same(&w) => last.count = last.count.saturating_add(w.count),
+            _ => warnings.push(w),
+        }
+    }
+
     /// The line without its count: `LEVEL: MESSAGE[: ERROR]`.
     pub fn line(&self) -> String {
         match &self.error {

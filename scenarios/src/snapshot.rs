@@ -98,10 +98,7 @@ pub fn redacted(o: &Outcome) -> Outcome {
     let mut warnings = std::mem::take(&mut o.warnings);
     warnings.sort_by(|a, b| (a.level, &a.message, &a.error).cmp(&(b.level, &b.message, &b.error)));
     for w in warnings {
-        match o.warnings.last_mut() {
-            Some(last) if last.same(&w) => last.count = last.count.saturating_add(w.count),
-            _ => o.warnings.push(w),
-        }
+        crate::record::Warning::push_folded(&mut o.warnings, w);
     }
     for t in o.tasks.values_mut() {
         t.published_at = Duration::ZERO;

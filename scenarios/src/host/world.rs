@@ -165,10 +165,7 @@ pub(super) struct Log {
 
 impl Log {
     pub(super) fn warn(&mut self, w: Warning) {
-        match self.warnings.last_mut() {
-            Some(last) if last.same(&w) => last.count = last.count.saturating_add(w.count),
-            _ => self.warnings.push(w),
-        }
+        Warning::push_folded(&mut self.warnings, w);
     }
 }
 

@@ -256,18 +256,6 @@ fn log_warning(line: &str) -> Option<Warning> {
     Some(Warning::new(level, msg, None))
 }
 
-/// Identical consecutive warnings as one, with their count (as the built-in host keeps them).
-fn fold(warnings: Vec<Warning>) -> Vec<Warning> {
-    let mut out: Vec<Warning> = Vec::new();
-    for w in warnings {
-        match out.last_mut() {
-            Some(last) if last.same(&w) => last.count = last.count.saturating_add(w.count),
-            _ => out.push(w),
-        }
-    }
-    out
-}
-
 /// The kata-sim service a real runtime runs on (the shim driver's Kata shims, the exec
 /// driver's command): the fleet and its remote-hypervisor socket.
 pub(crate) struct Service {
@@ -441,7 +429,12 @@ pub async fn run(s: &Scenario, opts: &ShimOptions) -> Outcome {
         host_files: std::mem::take(&mut host.host_files),
         tasks: std::mem::take(&mut host.tasks),
         errors: std::mem::take(&mut host.errors),
-        warnings: fold(std::mem::take(&mut host.warnings)),
+        warnings: std::mem::take(&mut host.warnings)
+            .into_iter()
+            .fold(Vec::new(), |mut out, w| {
+                Warning::push_folded(&mut out, w);
+                out
+            }),
         teardown: if teardown_ok && host.torn_down && left.is_empty() {
             Teardown::Completed
         } else {
