@@ -277,7 +277,7 @@ impl ShimHost {
     }
 
     /// Records the state the shim reports of every container after a step.
-    pub(super) async fn record_step(&mut self, step: String, took: Duration) {
+    pub(super) async fn record_step(&mut self, step: String, settled: bool, took: Duration) {
         // A deleted task is gone from containerd's view: its last state stands.
         let ids: Vec<String> = self
             .containers
@@ -312,6 +312,7 @@ impl ShimHost {
             step,
             took,
             tasks: states,
+            settled,
         });
     }
 
@@ -968,7 +969,8 @@ impl Runtime for ShimHost {
     }
 
     async fn after_step(&mut self, step: &crate::schema::Step, took: Duration) {
-        self.record_step(super::step_name(step), took).await;
+        self.record_step(super::step_name(step), super::settles(step), took)
+            .await;
     }
 
     fn stuck(&mut self, what: &str, waited: Duration) -> String {

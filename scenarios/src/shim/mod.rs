@@ -135,6 +135,18 @@ pub struct StepRecord {
     pub took: Duration,
     /// The task states the shim reported after it: status and, once stopped, exit status.
     pub tasks: BTreeMap<String, (TaskStatus, Option<u32>)>,
+    /// Whether those states are settled when the step returns. After a start, an exec, a
+    /// signal or stdin the process may or may not have exited yet: a real race, so snapshots
+    /// leave those states out ([`crate::snapshot::redacted`]).
+    pub settled: bool,
+}
+
+/// Whether the task states after `step` do not depend on how fast a process runs.
+pub fn settles(step: &Step) -> bool {
+    !matches!(
+        step,
+        Step::Start(_) | Step::Exec(_) | Step::Kill(_) | Step::WriteStdin(_) | Step::CloseStdin(_)
+    )
 }
 
 impl Serialize for StepRecord {
