@@ -228,3 +228,36 @@ async fn a_crashed_shim_fails_the_next_call_and_its_delete_cleans_up() {
     drop(log.finish());
     events.shutdown().await;
 }
+
+#[test]
+fn diff_of_two_real_runs_compares_every_field_and_finds_them_equal() {
+    // Two runs of the same shim differ in their run directories, pids and times only; diff
+    // redacts those on both sides, so every field (processes, host files, task states,
+    // warnings, teardown) must agree.
+    assert!(Path::new(RUNC_SHIM).is_file(), "{RUNC_SHIM} is missing");
+    let file = dir().join("runc-single.yaml");
+    let driver = format!("shim:{RUNC_SHIM}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+        .args([
+            "diff",
+            "--driver",
+            &driver,
+            "--driver",
+            &driver,
+            "--timeout",
+            "30",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("(the rest of the outcome)"), "{stdout}");
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.starts_with('+') && !l.starts_with("+++")),
+        "{stdout}"
+    );
+}

@@ -313,6 +313,10 @@ enum Command {
         /// Run both with this agent release.
         #[arg(long = "agent-version")]
         agent_version: Option<AgentVersion>,
+        /// The real time a `shim:` side may take, in seconds (it also caps each step and the
+        /// teardown). Default: the shim driver's 600.
+        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        timeout: Option<Duration>,
         /// The host runtime's command, for an `exec` driver.
         #[arg(last = true)]
         command: Vec<String>,
@@ -657,6 +661,7 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
             scenario,
             library,
             agent_version,
+            timeout,
             command,
         } => {
             ui.init_logging(1);
@@ -665,6 +670,7 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
                 &scenario,
                 library.as_deref(),
                 agent_version,
+                timeout,
                 command,
             )
         }
@@ -1233,6 +1239,7 @@ fn diff(
     target: &str,
     library: Option<&Path>,
     agent_version: Option<AgentVersion>,
+    timeout: Option<Duration>,
     command: Vec<String>,
 ) -> Result<ExitCode> {
     let [a, b] = drivers else {
@@ -1258,12 +1265,13 @@ fn diff(
             .or_internal()?;
     }
     let mut calls = Vec::new();
+    let mut rest = Vec::new();
     let mut errors = false;
     for d in [a, b] {
         let overrides = Overrides {
             persona: d.persona(),
             exec: (*d == Driver::Exec).then(|| command.clone()),
-            shim: shim_options(d, None, None, None)?,
+            shim: shim_options(d, None, None, timeout)?,
             agent_version,
             ..Default::default()
         };
@@ -1284,16 +1292,33 @@ fn diff(
             errors = true;
             eprintln!("error: --driver {}: {e}", d.name());
         }
+        let mut outcome = kata_sim::snapshot::compared(&outcome);
         calls.push(kata_sim::render::agent_calls(&outcome));
+        // The persona is the side's name, not its behaviour: the first side's on both.
+        if let Some(first) = rest.first().map(|(p, _)| *p) {
+            outcome.persona = first;
+        }
+        let lines = kata_sim::snapshot::rest_lines(&outcome)
+            .map_err(|e| anyhow::anyhow!("rendering the outcome: {e}"))
+            .or_internal()?;
+        rest.push((outcome.persona, lines));
     }
     outln!("--- {}\n+++ {}", a.name(), b.name());
     let lines = kata_sim::render::diff(&calls[0], &calls[1]);
     for line in &lines {
         outln!("{line}");
     }
-    let differ = calls[0] != calls[1];
+    // Every other field: processes, host files, task states, faults, warnings, teardown.
+    let others_differ = rest[0].1 != rest[1].1;
+    if others_differ {
+        outln!("\n(the rest of the outcome)");
+        for line in kata_sim::render::diff(&rest[0].1, &rest[1].1) {
+            outln!("{line}");
+        }
+    }
+    let differ = calls[0] != calls[1] || others_differ;
     if errors && !differ {
-        eprintln!("(the two sides' calls are the same, but a run reported errors)");
+        eprintln!("(the two sides' outcomes are the same, but a run reported errors)");
     }
     Ok(if differ {
         ExitCode::FAILURE

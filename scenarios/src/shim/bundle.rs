@@ -120,12 +120,17 @@ fn busybox() -> std::io::Result<PathBuf> {
         })
 }
 
-/// A copy of the host's static busybox in `dir` (the run's), for the bundles' rootfs to
+/// The host's static busybox in `dir` (the run's; a hard link, or a copy across file systems), for the bundles' rootfs to
 /// hard-link.
 pub fn busybox_copy(dir: &Path) -> std::io::Result<PathBuf> {
     let bin = busybox()?;
     let copy = dir.join("busybox");
-    std::fs::copy(&bin, &copy)?;
+    // A link where it can be: a copy is a file open for writing while it is made, and a
+    // process forked meanwhile (another test's shim) holds that descriptor until it execs,
+    // so running the copy can then fail with ETXTBSY.
+    if std::fs::hard_link(&bin, &copy).is_err() {
+        std::fs::copy(&bin, &copy)?;
+    }
     Ok(copy)
 }
 

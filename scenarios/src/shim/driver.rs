@@ -363,6 +363,9 @@ impl ShimHost {
             return Ok(());
         };
         let exit = p.exit;
+        // As containerd's client before its Delete: the process's IO is closed, stdin too
+        // (a shim copying stdin holds a reader on the FIFO until its writer goes).
+        p.stdio.close_stdin();
         self.in_flight = Some(format!("the output of {key}"));
         let out = p.stdio.output().await;
         self.in_flight = None;
