@@ -261,3 +261,21 @@ fn diff_of_two_real_runs_compares_every_field_and_finds_them_equal() {
         "{stdout}"
     );
 }
+
+#[test]
+fn trace_with_a_shim_driver_traces_the_shim_run_not_the_built_in_host() {
+    // runc calls no agent and no VM: its trace is empty. The built-in host's would begin
+    // with CreateVM.
+    assert!(Path::new(RUNC_SHIM).is_file(), "{RUNC_SHIM} is missing");
+    let driver = format!("shim:{RUNC_SHIM}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kata-sim"))
+        .args(["trace", "--driver", &driver])
+        .arg(dir().join("runc-single.yaml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("CreateVM"), "{stdout}");
+    assert!(!stdout.contains("StartContainer"), "{stdout}");
+}

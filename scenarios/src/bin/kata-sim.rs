@@ -651,6 +651,7 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
                 persona: driver.persona(),
                 seed,
                 exec: exec_command(&driver, command)?,
+                shim: shim_options(&driver, None, None, None)?,
                 agent_version,
                 ..Default::default()
             };
