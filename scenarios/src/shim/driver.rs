@@ -31,6 +31,9 @@ pub const CALL_LIMIT: Duration = Duration::from_secs(60);
 /// How long a Wait may take (a step's bound cuts it shorter).
 pub const WAIT_LIMIT: Duration = Duration::from_secs(3600);
 
+/// runtime-rs's per-sandbox state directory (`KATA_PATH`), where its management socket is.
+const RS_STATE_DIR: &str = "/run/kata";
+
 /// How long a shim may take to exit after Shutdown.
 pub const EXIT_LIMIT: Duration = Duration::from_secs(10);
 
@@ -69,6 +72,8 @@ pub(super) struct ShimHost {
     /// The sandbox's own task (pod mode: the pause container), its client and bundle.
     pub(super) sandbox: Option<(TaskClient, PathBuf)>,
     pub(super) shim_pid: Option<u32>,
+    /// Whether the first Create was followed by containerd's Connect.
+    connected: bool,
     containers: BTreeMap<String, Ctr>,
     procs: BTreeMap<String, Proc>,
     /// The shims' log FIFOs, one per bundle.
@@ -127,6 +132,7 @@ impl ShimHost {
             sandbox_id: None,
             sandbox: None,
             shim_pid: None,
+            connected: false,
             containers: BTreeMap::new(),
             procs: BTreeMap::new(),
             logs: Vec::new(),
@@ -185,10 +191,30 @@ impl ShimHost {
 
     /// Starts (or finds) the shim for task `id` in `bundle`, and connects to it.
     async fn shim_for(&mut self, id: &str, bundle: &Path) -> Result<TaskClient, String> {
+        if matches!(self.flavor, Flavor::KataRs(_)) && self.sandbox_id.as_deref() == Some(id) {
+            // runtime-rs binds its management socket per sandbox id and aborts (a panic, no
+            // log) when the path is taken: say so rather than lose the shim.
+            let mgmt = Path::new(RS_STATE_DIR).join(id).join("shim-monitor.sock");
+            if mgmt.exists() {
+                return Err(format!(
+                    "{} exists, so runtime-rs would abort binding it: a shim of sandbox {id} \
+                     runs, or an earlier one was not cleaned up (if none runs, remove {})",
+                    mgmt.display(),
+                    Path::new(RS_STATE_DIR).join(id).display()
+                ));
+            }
+        }
         self.in_flight = Some(format!("the shim's start for {id}"));
         let address = self.launcher.start(id, bundle).await;
         self.in_flight = None;
         let address = address.map_err(|e| e.to_string())?;
+        if self.shim_pid.is_none() {
+            // The pid file the shim's `start` wrote in the bundle, as containerd reads it: the
+            // shim is known (and killed at the end) even if its Create never returns.
+            self.shim_pid = std::fs::read_to_string(bundle.join("shim.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok());
+        }
         let client = TaskClient::connect(&address)
             .await
             .map_err(|e| format!("connecting to the shim at {address}: {e}"))?;
@@ -242,7 +268,7 @@ impl ShimHost {
         let c = client.clone();
         self.call(format!("Create{{id={id}}}"), c.create(req, CALL_LIMIT))
             .await?;
-        if self.shim_pid.is_none() {
+        if !self.connected {
             // As containerd: Connect after the Create (runtime-rs has no runtime before it).
             let r = self
                 .call(
@@ -257,6 +283,7 @@ impl ShimHost {
                 )
                 .await?;
             self.shim_pid = Some(r.shim_pid);
+            self.connected = true;
         }
         Ok((client, bundle))
     }
@@ -844,6 +871,11 @@ impl Runtime for ShimHost {
         {
             first_error.get_or_insert(e);
         }
+        // The sandbox task's bundle, for the shim binary's `delete` should the shim be killed.
+        let sandbox_bundle = match &self.sandbox {
+            Some((_, bundle)) => Some(bundle.clone()),
+            None => self.containers.get(&sid).map(|c| c.bundle.clone()),
+        };
         let shutdown_client = match self.sandbox.take() {
             Some((client, _bundle)) => {
                 let r = client
@@ -917,11 +949,31 @@ impl Runtime for ShimHost {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+                let _ = self.shim_exited().await;
+            }
+            // containerd's clean-up after a dead shim: the binary's `delete` for the sandbox
+            // task. Without it runtime-rs leaves /run/kata/<sandbox id>/shim-monitor.sock,
+            // and the next shim for that id aborts binding it.
+            if let Some(bundle) = &sandbox_bundle
+                && let Err(e) = self.launcher.delete(&sid, bundle).await
+            {
+                self.warnings
+                    .push(Warning::once(format!("cleaning up task {sid}: {e}")));
             }
             first_error.get_or_insert(format!(
                 "the shim did not exit within {} s of its Shutdown (killed)",
                 EXIT_LIMIT.as_secs()
             ));
+        } else if matches!(self.flavor, Flavor::KataRs(_))
+            && Path::new(RS_STATE_DIR).join(&sid).exists()
+            && let Some(bundle) = &sandbox_bundle
+        {
+            // runtime-rs can exit leaving its state directory (and the management socket the
+            // next shim of this sandbox id would fail to bind); its own `delete` removes it.
+            if let Err(e) = self.launcher.delete(&sid, bundle).await {
+                self.warnings
+                    .push(Warning::once(format!("cleaning up task {sid}: {e}")));
+            }
         }
         self.sandbox_id = None;
         self.torn_down = first_error.is_none();
