@@ -98,7 +98,50 @@ pub fn rest_lines(o: &Outcome) -> Result<Vec<String>, String> {
     Ok(text.lines().map(str::to_string).collect())
 }
 
+/// Whether a real runtime makes call `c` concurrently with its neighbours: the OOM watcher's
+/// GetOOMEvent, the stream copies' reads, the file copies of a container's create.
+fn concurrent(c: &crate::record::Call) -> bool {
+    use sim_agent::Method;
+    matches!(
+        c.op,
+        sim_agent::Op::Agent(
+            Method::GetOOMEvent | Method::CopyFile | Method::ReadStdout | Method::ReadStderr
+        )
+    )
+}
+
+/// A real runtime's calls in a canonical order: each run of neighbouring concurrent calls
+/// sorted by name (a stable sort: the CopyFiles keep their order), then identical neighbours
+/// counted together, as the record folds them.
+fn canonical_order(calls: &mut Vec<crate::record::Call>) {
+    let mut i = 0;
+    while i < calls.len() {
+        let run = calls[i..].iter().take_while(|c| concurrent(c)).count();
+        calls[i..i + run].sort_by_key(|c| c.op.name());
+        i += run.max(1);
+    }
+    let mut out: Vec<crate::record::Call> = Vec::with_capacity(calls.len());
+    for c in calls.drain(..) {
+        match out.last_mut() {
+            Some(last)
+                if (
+                    &last.op,
+                    &last.fields,
+                    &last.status,
+                    &last.fault,
+                    &last.note,
+                ) == (&c.op, &c.fields, &c.status, &c.fault, &c.note) =>
+            {
+                last.count += c.count;
+            }
+            _ => out.push(c),
+        }
+    }
+    *calls = out;
+}
+
 fn redact(o: &mut Outcome) {
+    canonical_order(&mut o.calls);
     for c in &mut o.calls {
         for (k, v) in &mut c.fields {
             if k == "netns" && !v.is_empty() {
@@ -256,6 +299,61 @@ mod tests {
             diff.iter()
                 .all(|l| !l.contains("calls: [") || l.starts_with("  "))
         );
+    }
+
+    #[test]
+    fn concurrent_neighbours_take_a_canonical_order_and_fold() {
+        use crate::record::Call;
+        use sim_agent::{CallStatus, Method, Op};
+        let call = |m: Method, field: &str| Call {
+            op: Op::Agent(m),
+            fields: vec![("container_id".into(), field.into())],
+            status: CallStatus::Ok,
+            fault: None,
+            note: None,
+            count: 1,
+        };
+        let a = vec![
+            call(Method::StartContainer, "c1"),
+            call(Method::ReadStdout, "c1"),
+            call(Method::ReadStderr, "c1"),
+            call(Method::ReadStdout, "c1"),
+            call(Method::WaitProcess, "c1"),
+        ];
+        let b = vec![
+            call(Method::StartContainer, "c1"),
+            call(Method::ReadStderr, "c1"),
+            call(Method::ReadStdout, "c1"),
+            call(Method::ReadStdout, "c1"),
+            call(Method::WaitProcess, "c1"),
+        ];
+        let (mut a, mut b) = (a, b);
+        canonical_order(&mut a);
+        canonical_order(&mut b);
+        assert_eq!(a, b);
+        let names: Vec<String> = a
+            .iter()
+            .map(|c| format!("{} x{}", c.op.name(), c.count))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "StartContainer x1",
+                "ReadStderr x1",
+                "ReadStdout x2",
+                "WaitProcess x1"
+            ]
+        );
+        // Calls that are not concurrent keep their order, and CopyFiles keep theirs.
+        let mut c = vec![
+            call(Method::CopyFile, "hosts"),
+            call(Method::GetOOMEvent, ""),
+            call(Method::CopyFile, "resolv.conf"),
+            call(Method::CreateContainer, "c1"),
+        ];
+        canonical_order(&mut c);
+        let order: Vec<&str> = c.iter().map(|c| c.fields[0].1.as_str()).collect();
+        assert_eq!(order, ["hosts", "resolv.conf", "", "c1"]);
     }
 
     #[test]
