@@ -266,8 +266,32 @@ impl ShimHost {
             );
         }
         let c = client.clone();
-        self.call(format!("Create{{id={id}}}"), c.create(req, CALL_LIMIT))
-            .await?;
+        if let Err(e) = self
+            .call(format!("Create{{id={id}}}"), c.create(req, CALL_LIMIT))
+            .await
+        {
+            // containerd 1.6 after a failed Create: the task's Delete, then Shutdown (a shim
+            // with no task left exits).
+            let _ = client
+                .delete(
+                    api::DeleteRequest {
+                        id: id.into(),
+                        ..Default::default()
+                    },
+                    Duration::from_secs(10),
+                )
+                .await;
+            let _ = client
+                .shutdown(
+                    api::ShutdownRequest {
+                        id: id.into(),
+                        ..Default::default()
+                    },
+                    Duration::from_secs(3),
+                )
+                .await;
+            return Err(e);
+        }
         if !self.connected {
             // As containerd: Connect after the Create (runtime-rs has no runtime before it).
             let r = self
