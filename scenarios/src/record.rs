@@ -71,6 +71,33 @@ impl Call {
     }
 }
 
+impl Call {
+    /// Whether `other` is the same call with the same answer, whatever the counts.
+    pub fn same(&self, other: &Call) -> bool {
+        (
+            &self.op,
+            &self.fields,
+            &self.status,
+            &self.fault,
+            &self.note,
+        ) == (
+            &other.op,
+            &other.fields,
+            &other.status,
+            &other.fault,
+            &other.note,
+        )
+    }
+
+    /// Appends `c` to `calls`, counted into the last one if it is the same call.
+    pub fn push_folded(calls: &mut Vec<Call>, c: Call) {
+        match calls.last_mut() {
+            Some(last) if last.same(&c) => last.count = last.count.saturating_add(c.count),
+            _ => calls.push(c),
+        }
+    }
+}
+
 impl From<&TraceEvent> for Call {
     fn from(e: &TraceEvent) -> Self {
         Call {

@@ -120,22 +120,9 @@ fn canonical_order(calls: &mut Vec<crate::record::Call>) {
         calls[i..i + run].sort_by_key(|c| c.op.name());
         i += run.max(1);
     }
-    let mut out: Vec<crate::record::Call> = Vec::with_capacity(calls.len());
+    let mut out = Vec::with_capacity(calls.len());
     for c in calls.drain(..) {
-        match out.last_mut() {
-            Some(last)
-                if (
-                    &last.op,
-                    &last.fields,
-                    &last.status,
-                    &last.fault,
-                    &last.note,
-                ) == (&c.op, &c.fields, &c.status, &c.fault, &c.note) =>
-            {
-                last.count += c.count;
-            }
-            _ => out.push(c),
-        }
+        crate::record::Call::push_folded(&mut out, c);
     }
     *calls = out;
 }

@@ -1267,6 +1267,7 @@ fn diff(
     }
     let mut calls = Vec::new();
     let mut rest = Vec::new();
+    let mut persona = None;
     let mut errors = false;
     for d in [a, b] {
         let overrides = Overrides {
@@ -1296,13 +1297,11 @@ fn diff(
         let mut outcome = kata_sim::snapshot::compared(&outcome);
         calls.push(kata_sim::render::agent_calls(&outcome));
         // The persona is the side's name, not its behaviour: the first side's on both.
-        if let Some(first) = rest.first().map(|(p, _)| *p) {
-            outcome.persona = first;
-        }
+        outcome.persona = *persona.get_or_insert(outcome.persona);
         let lines = kata_sim::snapshot::rest_lines(&outcome)
             .map_err(|e| anyhow::anyhow!("rendering the outcome: {e}"))
             .or_internal()?;
-        rest.push((outcome.persona, lines));
+        rest.push(lines);
     }
     outln!("--- {}\n+++ {}", a.name(), b.name());
     let lines = kata_sim::render::diff(&calls[0], &calls[1]);
@@ -1310,10 +1309,10 @@ fn diff(
         outln!("{line}");
     }
     // Every other field: processes, host files, task states, faults, warnings, teardown.
-    let others_differ = rest[0].1 != rest[1].1;
+    let others_differ = rest[0] != rest[1];
     if others_differ {
         outln!("\n(the rest of the outcome)");
-        for line in kata_sim::render::diff(&rest[0].1, &rest[1].1) {
+        for line in kata_sim::render::diff(&rest[0], &rest[1]) {
             outln!("{line}");
         }
     }

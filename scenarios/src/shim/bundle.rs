@@ -120,8 +120,8 @@ fn busybox() -> std::io::Result<PathBuf> {
         })
 }
 
-/// The host's static busybox in `dir` (the run's; a hard link, or a copy across file systems), for the bundles' rootfs to
-/// hard-link.
+/// The host's static busybox in `dir` (the run's): a hard link, or a copy across file
+/// systems, for the bundles' rootfs to hard-link.
 pub fn busybox_copy(dir: &Path) -> std::io::Result<PathBuf> {
     let bin = busybox()?;
     let copy = dir.join("busybox");

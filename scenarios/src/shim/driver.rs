@@ -975,29 +975,23 @@ impl Runtime for ShimHost {
                 );
                 let _ = self.shim_exited().await;
             }
-            // containerd's clean-up after a dead shim: the binary's `delete` for the sandbox
-            // task. Without it runtime-rs leaves /run/kata/<sandbox id>/shim-monitor.sock,
-            // and the next shim for that id aborts binding it.
-            if let Some(bundle) = &sandbox_bundle
-                && let Err(e) = self.launcher.delete(&sid, bundle).await
-            {
-                self.warnings
-                    .push(Warning::once(format!("cleaning up task {sid}: {e}")));
-            }
             first_error.get_or_insert(format!(
                 "the shim did not exit within {} s of its Shutdown (killed)",
                 EXIT_LIMIT.as_secs()
             ));
-        } else if matches!(self.flavor, Flavor::KataRs(_))
-            && Path::new(RS_STATE_DIR).join(&sid).exists()
+        }
+        // containerd's clean-up after a dead shim: the binary's `delete` for the sandbox task.
+        // runtime-rs can also exit leaving its state directory; either way its management
+        // socket (/run/kata/<sandbox id>/shim-monitor.sock) would make the next shim of this
+        // sandbox id abort binding it.
+        let rs_leftover =
+            matches!(self.flavor, Flavor::KataRs(_)) && Path::new(RS_STATE_DIR).join(&sid).exists();
+        if (!exited || rs_leftover)
             && let Some(bundle) = &sandbox_bundle
+            && let Err(e) = self.launcher.delete(&sid, bundle).await
         {
-            // runtime-rs can exit leaving its state directory (and the management socket the
-            // next shim of this sandbox id would fail to bind); its own `delete` removes it.
-            if let Err(e) = self.launcher.delete(&sid, bundle).await {
-                self.warnings
-                    .push(Warning::once(format!("cleaning up task {sid}: {e}")));
-            }
+            self.warnings
+                .push(Warning::once(format!("cleaning up task {sid}: {e}")));
         }
         self.sandbox_id = None;
         self.torn_down = first_error.is_none();
