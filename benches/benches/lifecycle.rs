@@ -11,6 +11,8 @@
 //!   `target/criterion/scale-rss.json` for `cargo xtask bench-report`; this group runs first,
 //!   largest fleet first, so that the figure starts from a clean process.
 //! - `scenarios/library`: the bundled scenario library in-process (throughput).
+//! - `parallel/library_x20/{1,2}`: the library x 20 seeds on one thread and on two;
+//!   `matrix/go/{1,2}`: the go persona's whole fault matrix, the same two ways.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -370,5 +372,74 @@ fn scenarios(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scale, lifecycle, scenarios);
+/// The bundled library x 20 seeds on one thread and on two (`kata-sim run -j`), and the go
+/// persona's whole fault matrix the same two ways: the report's parallel speed-ups, measured
+/// in one run.
+fn parallel(c: &mut Criterion) {
+    let library: Vec<kata_sim::runner::Loaded> = (1..=20u64)
+        .flat_map(|seed| {
+            kata_sim::runner::load_all(&kata_sim::runner::bundled())
+                .into_iter()
+                .map(move |mut l| {
+                    if let Ok(s) = &mut l.scenario {
+                        s.seed = seed;
+                        s.name = format!("{}@{seed}", s.name);
+                    }
+                    l
+                })
+        })
+        .collect();
+    let count = library.len();
+    let o = kata_sim::runner::Overrides::default();
+    let mut group = c.benchmark_group("parallel");
+    group.throughput(criterion::Throughput::Elements(count as u64));
+    group.sample_size(10);
+    for jobs in [1usize, 2] {
+        group.bench_function(BenchmarkId::new("library_x20", jobs), |b| {
+            b.iter_batched(
+                || {
+                    library
+                        .iter()
+                        .map(|l| kata_sim::runner::Loaded {
+                            source: l.source.clone(),
+                            scenario: l.scenario.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |loaded| {
+                    let reports =
+                        kata_sim::runner::run_all(loaded, &o, jobs, &|| None, &mut |_| {});
+                    assert_eq!(reports.len(), count);
+                },
+                criterion::BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+    let base = kata_sim::runner::load_all(&kata_sim::runner::bundled())
+        .into_iter()
+        .find_map(|l| l.scenario.ok().filter(|s| s.name == "go-term-copied"))
+        .expect("go-term-copied");
+    let plan = kata_sim::matrix::plan(base, kata_sim::schema::Persona::Go).expect("the plan");
+    let cells = plan.cells.len();
+    let _ = std::fs::write(
+        criterion_home().join("matrix-cells.json"),
+        format!("{{\"go\": {cells}}}"),
+    );
+    let mut group = c.benchmark_group("matrix");
+    group.throughput(criterion::Throughput::Elements(cells as u64));
+    group.sample_size(10);
+    for jobs in [1usize, 2] {
+        group.bench_function(BenchmarkId::new("go", jobs), |b| {
+            b.iter(|| {
+                let done =
+                    kata_sim::matrix::run(&plan, jobs, kata_sim::shard::Shard::ALL, &mut |_| {});
+                assert_eq!(done.len(), cells);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, scale, lifecycle, scenarios, parallel);
 criterion_main!(benches);

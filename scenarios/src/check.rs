@@ -125,6 +125,21 @@ pub fn check(s: &Scenario, o: &Outcome) -> Vec<Mismatch> {
             );
         }
     }
+    for never in &e.never {
+        let hit = o
+            .errors
+            .iter()
+            .cloned()
+            .chain(o.warnings.iter().map(|w| w.line()))
+            .find(|x| x.contains(never.as_str()));
+        if let Some(hit) = hit {
+            miss(
+                format!("never {}", quoted(never)),
+                "in no error or warning".into(),
+                quoted(&hit),
+            );
+        }
+    }
     if let Some(t) = e.teardown
         && t != o.teardown
     {

@@ -178,6 +178,8 @@ pub async fn run(s: &Scenario, command: &[String], dir: &Path) -> Outcome {
         },
         guest_containers: Vec::new(),
         steps: Vec::new(),
+        stuck: Vec::new(),
+        firings: Vec::new(),
     }
 }
 

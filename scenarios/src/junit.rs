@@ -32,11 +32,43 @@ use std::time::{Duration, SystemTime};
 use crate::runner::Report;
 
 /// What a report is, for JUnit.
-enum Verdict {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// It met every expectation.
     Passed,
+    /// It missed an expectation: `<failure>`.
     Failed,
+    /// It did not load: `<error>`.
     Error,
+    /// It was not run: `<skipped/>`.
     Skipped,
+}
+
+/// One scenario's `<testcase>`, rendered, with what the suite's counts need: the unit a
+/// sharded run keeps and [`render_cases`] puts together (`kata-sim merge`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Case {
+    /// What it is.
+    pub verdict: Verdict,
+    /// How long it ran.
+    pub elapsed: Duration,
+    /// When it started.
+    pub started: SystemTime,
+    /// Its `<testcase>` element, indented and ending in a newline.
+    pub xml: String,
+}
+
+/// The `<testcase>` of a report.
+pub fn case(r: &Report) -> Case {
+    let mut xml = String::new();
+    testcase(&mut xml, r);
+    Case {
+        verdict: verdict(r),
+        elapsed: r.elapsed,
+        started: r.started,
+        xml,
+    }
 }
 
 fn verdict(r: &Report) -> Verdict {
@@ -62,13 +94,13 @@ struct Counts {
 }
 
 impl Counts {
-    fn of(reports: &[Report]) -> Counts {
+    fn of(cases: &[Case]) -> Counts {
         let mut c = Counts {
-            tests: reports.len(),
+            tests: cases.len(),
             ..Counts::default()
         };
-        for r in reports {
-            match verdict(r) {
+        for r in cases {
+            match r.verdict {
                 Verdict::Passed => {}
                 Verdict::Failed => c.failures += 1,
                 Verdict::Error => c.errors += 1,
@@ -93,18 +125,27 @@ impl Counts {
 
 /// JUnit XML for `reports`, with this machine's host name.
 pub fn render(reports: &[Report]) -> String {
-    let host = nix::unistd::gethostname()
+    render_on(reports, &hostname())
+}
+
+/// This machine's host name (`localhost` when it has none).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    render_on(reports, &host)
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// JUnit XML for `reports`, run on `hostname`.
 pub fn render_on(reports: &[Report], hostname: &str) -> String {
-    let counts = Counts::of(reports);
-    let started = reports
+    render_cases(&reports.iter().map(case).collect::<Vec<_>>(), hostname)
+}
+
+/// JUnit XML of these test cases (in this order), run on `hostname`.
+pub fn render_cases(cases: &[Case], hostname: &str) -> String {
+    let counts = Counts::of(cases);
+    let started = cases
         .iter()
         .map(|r| r.started)
         .min()
@@ -118,8 +159,8 @@ pub fn render_on(reports: &[Report], hostname: &str) -> String {
         timestamp(started),
         attr(hostname)
     );
-    for r in reports {
-        testcase(&mut out, r);
+    for c in cases {
+        out.push_str(&c.xml);
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
     out

@@ -14,6 +14,9 @@
 //! - [`render`]: Mermaid diagrams of a run, and diffs of two runs' agent calls.
 //! - [`runner`]: `kata-sim run` and `check`: finding files, summaries; [`junit`]: JUnit XML.
 //! - [`serve`]: `kata-sim serve`, the remote hypervisor and every guest agent it creates.
+//! - [`matrix`]: `kata-sim matrix` and `coverage`: every RPC x fault x phase, classified;
+//!   [`shard`]: `--shard I/N` and `kata-sim merge`; [`pool`]: `-j N` in serial order;
+//!   [`shrink`]: `kata-sim shrink`, a failing random run reduced to a regression scenario.
 
 pub mod check;
 pub mod conn;
@@ -21,11 +24,15 @@ pub mod exec;
 pub mod host;
 pub mod junit;
 pub mod load;
+pub mod matrix;
+pub mod pool;
 pub mod record;
 pub mod render;
 pub mod runner;
 pub mod schema;
 pub mod serve;
+pub mod shard;
 pub mod shim;
+pub mod shrink;
 pub mod snapshot;
 pub mod words;

@@ -569,6 +569,12 @@ fn step_name(step: &Step) -> &'static str {
     }
 }
 
+/// [`parse`]'s checks after parsing, for a scenario built in code (`kata-sim shrink`'s
+/// candidates): the problem's field path and message when one fails.
+pub fn check_built(s: &Scenario) -> Result<(), String> {
+    check(s).map_err(|p| format!("{}: {}", p.path, p.message))
+}
+
 /// What the types cannot say: every container and exec a step names is created by an
 /// earlier step, containers after the sandbox, `remove_fault` names an installed rule, and
 /// `guest.programs` and `expect` name containers (and execs) some step creates.

@@ -476,6 +476,8 @@ mod tests {
             rule,
             target: target.into(),
             action: "hang".into(),
+            kind: sim_agent::fault::Action::Hang,
+            nth: 0,
         };
         let folded = FaultFired::folded(&[
             fired(1, "Check"),

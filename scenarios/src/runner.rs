@@ -269,7 +269,10 @@ impl Overrides {
 }
 
 /// What became of one scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// It met every expectation.
     Ok,
@@ -400,19 +403,32 @@ pub enum Progress<'a> {
 /// How often a running scenario is reported, and an interruption noticed.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// Runs every loaded scenario in turn, telling `progress` about each. Once `stop` says why
-/// (a signal), the scenario running is abandoned (the `exec` driver's run is waited for: it
-/// stops its command itself) and the rest are reported as not run.
+/// Runs every loaded scenario on up to `jobs` threads, telling `progress` about each in the
+/// order of `loaded` (with one job, in turn): what it hears, the reports and their order are
+/// those of a serial run. Once `stop` says why (a signal), the scenarios running are
+/// abandoned (the `exec` driver's run is waited for: it stops its command itself) and the
+/// rest are reported as not run.
 pub fn run_all(
     loaded: Vec<Loaded>,
     o: &Overrides,
-    stop: &dyn Fn() -> Option<String>,
+    jobs: usize,
+    stop: &(dyn Fn() -> Option<String> + Sync),
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Vec<Report> {
+    /// What a scenario's run says while it runs.
+    enum Note {
+        Started(String),
+        Running(Duration, Option<String>),
+    }
     let total = loaded.len();
     let mut reports = Vec::with_capacity(total);
-    for (index, l) in loaded.into_iter().enumerate() {
-        let report = match l.scenario {
+    // Progress of the first unfinished scenario only: a parallel run reads like a serial one.
+    let mut names: BTreeMap<usize, String> = BTreeMap::new();
+    let mut announced = None;
+    crate::pool::ordered(
+        loaded,
+        jobs,
+        |_, l: Loaded, note| match l.scenario {
             Err(e) => Report {
                 file: l.source.file,
                 scenario: None,
@@ -426,31 +442,63 @@ pub fn run_all(
             Ok(s) => match stop() {
                 Some(why) => Report::scenario_not_run(&l.source.file, s, why),
                 None => {
-                    progress(Progress::Started {
-                        index,
-                        total,
-                        name: &s.name,
-                    });
-                    let name = s.name.clone();
+                    note(Note::Started(s.name.clone()));
                     run_scenario(&l.source.file, s, o, stop, &mut |elapsed, waiting_on| {
-                        progress(Progress::Running {
-                            index,
-                            total,
-                            name: &name,
-                            elapsed,
-                            waiting_on,
-                        });
+                        note(Note::Running(elapsed, waiting_on));
                     })
                 }
             },
-        };
-        progress(Progress::Finished {
-            index,
-            total,
-            report: &report,
-        });
-        reports.push(report);
-    }
+        },
+        |ev| match ev {
+            crate::pool::Event::Note(index, Note::Started(name)) => {
+                if index == reports.len() {
+                    progress(Progress::Started {
+                        index,
+                        total,
+                        name: &name,
+                    });
+                    announced = Some(index);
+                }
+                names.insert(index, name);
+            }
+            crate::pool::Event::Note(index, Note::Running(elapsed, waiting_on)) => {
+                if index == reports.len()
+                    && let Some(name) = names.get(&index)
+                {
+                    progress(Progress::Running {
+                        index,
+                        total,
+                        name,
+                        elapsed,
+                        waiting_on,
+                    });
+                }
+            }
+            crate::pool::Event::Done(index, report) => {
+                if announced != Some(index)
+                    && let Some(name) = names.get(&index)
+                {
+                    progress(Progress::Started { index, total, name });
+                }
+                names.remove(&index);
+                progress(Progress::Finished {
+                    index,
+                    total,
+                    report: &report,
+                });
+                reports.push(report);
+                let next = reports.len();
+                if let Some(name) = names.get(&next) {
+                    progress(Progress::Started {
+                        index: next,
+                        total,
+                        name,
+                    });
+                    announced = Some(next);
+                }
+            }
+        },
+    );
     reports
 }
 
@@ -477,7 +525,7 @@ pub fn run_scenario(
     file: &Path,
     mut s: Scenario,
     o: &Overrides,
-    stop: &dyn Fn() -> Option<String>,
+    stop: &(dyn Fn() -> Option<String> + Sync),
     tick: &mut dyn FnMut(Duration, Option<String>),
 ) -> Report {
     let start = Instant::now();
@@ -719,6 +767,16 @@ pub fn summary(reports: &[Report]) -> String {
 
 /// The summary table, its results in colour when `color` is set.
 pub fn summary_styled(reports: &[Report], color: bool) -> String {
+    let rows: Vec<crate::shard::Row> = reports
+        .iter()
+        .enumerate()
+        .map(|(i, r)| crate::shard::Row::of(i, r))
+        .collect();
+    summary_of_rows(&rows, color)
+}
+
+/// The summary table of these rows (a run's, or shards' merged).
+pub fn summary_of_rows(rows: &[crate::shard::Row], color: bool) -> String {
     use anstyle::{AnsiColor, Style};
     let paint = |text: String, style: Style| {
         if color {
@@ -728,36 +786,28 @@ pub fn summary_styled(reports: &[Report], color: bool) -> String {
         }
     };
     let mut out = String::new();
-    let width = reports
-        .iter()
-        .map(|r| name(r).len())
-        .max()
-        .unwrap_or(8)
-        .max(8);
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(8).max(8);
     let _ = writeln!(out, "{:<width$}  persona  seed  result   calls", "scenario");
-    for r in reports {
-        let (persona, seed) = r
-            .scenario
-            .as_ref()
-            .map(|s| (s.config.persona.name().to_string(), s.seed.to_string()))
-            .unwrap_or_else(|| ("-".into(), "-".into()));
-        let (result, style) = match r.verdict() {
+    for r in rows {
+        let persona = r.persona.clone().unwrap_or_else(|| "-".into());
+        let seed = r.seed.map_or_else(|| "-".into(), |s| s.to_string());
+        let (result, style) = match r.verdict {
             Verdict::Ok => ("ok", AnsiColor::Green.on_default()),
             Verdict::Failed => ("FAILED", AnsiColor::Red.on_default().bold()),
             Verdict::Invalid => ("INVALID", AnsiColor::Red.on_default().bold()),
             Verdict::Skipped => ("SKIPPED", AnsiColor::Yellow.on_default()),
         };
-        let calls = r.outcome.as_ref().map_or(0, |o| o.calls.len());
         let _ = writeln!(
             out,
-            "{:<width$}  {persona:<7}  {seed:>4}  {}  {calls:>5}",
-            name(r),
-            paint(format!("{result:<7}"), style)
+            "{:<width$}  {persona:<7}  {seed:>4}  {}  {:>5}",
+            r.name,
+            paint(format!("{result:<7}"), style),
+            r.calls
         );
     }
-    let passed = reports.iter().filter(|r| r.passed()).count();
-    let line = format!("{passed} of {} passed", reports.len());
-    let style = if passed == reports.len() {
+    let passed = rows.iter().filter(|r| r.verdict == Verdict::Ok).count();
+    let line = format!("{passed} of {} passed", rows.len());
+    let style = if passed == rows.len() {
         AnsiColor::Green.on_default().bold()
     } else {
         AnsiColor::Red.on_default().bold()

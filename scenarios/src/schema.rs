@@ -51,7 +51,7 @@ pub struct Scenario {
     #[schemars(length(min = 1))]
     pub name: String,
     /// What it shows.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// The seed of every random choice (fault probabilities, file names, /dev/urandom).
     #[serde(default)]
@@ -60,16 +60,16 @@ pub struct Scenario {
     #[serde(default)]
     pub config: Config,
     /// Guest-side setup.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub guest: Guest,
     /// Fault rules installed before the first step (the rule language of `docs/faults.md`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<String>")]
     pub faults: Vec<Rule>,
     /// What happens, in order.
     pub steps: Vec<Step>,
     /// What must be true afterwards.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub expect: Expect,
 }
 
@@ -133,13 +133,17 @@ pub struct Config {
     pub shared_fs: SharedFs,
     /// The agent release the guest behaves as, `MAJOR.MINOR.PATCH` from 3.0.0 to the current
     /// agent (the default).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub agent_version: Option<AgentVersion>,
     /// Why the scenario is meant for the built-in host only (a behaviour a real runtime
     /// cannot be made to show, such as a fault in a call it never makes); the shim driver
     /// reports it as skipped with this reason.
-    #[serde(default, deserialize_with = "non_empty_opt")]
+    #[serde(
+        default,
+        deserialize_with = "non_empty_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(min = 1))]
     pub builtin_only: Option<String>,
 }
@@ -149,7 +153,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Guest {
     /// Scripted processes by container id (they win over the interpreted command line).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub programs: BTreeMap<String, Program>,
 }
 
@@ -167,7 +171,7 @@ pub struct Program {
     #[serde(default)]
     pub exit_code: i32,
     /// How long it runs, in seconds (at most a day); absent: until signalled.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_secs: Option<RunSecs>,
     /// What it does on a catchable signal.
     #[serde(default)]
@@ -441,10 +445,10 @@ pub enum Step {
 #[serde(deny_unknown_fields)]
 pub struct SandboxSpec {
     /// The sandbox id (default `sandbox`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// Its hostname.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
 }
 
@@ -459,27 +463,27 @@ pub struct ContainerSpec {
     #[schemars(length(min = 1))]
     pub args: Vec<String>,
     /// OCI annotations.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// Extra bind mounts, destination -> host file content.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mounts: BTreeMap<String, String>,
     /// The termination-message path (sets the annotations and a bind mount from a host file).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_message_path: Option<String>,
     /// The destination of the host file's bind mount, when it is spelt apart from the
     /// annotated `termination_message_path` (`/dev//termination-log`); default: that path.
     /// The Go shim matches the two as strings, runtime-rs and the agent as paths.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_message_mount: Option<String>,
     /// `File` (default) or `FallbackToLogsOnError`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_message_policy: Option<TerminationMessagePolicy>,
     /// Make the host path of the termination message unwritable (a directory stands there).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_file_unwritable: bool,
     /// Give the process a terminal.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub terminal: bool,
 }
 
@@ -504,7 +508,7 @@ pub struct ProcessRef {
     /// The container.
     pub container: String,
     /// The exec id, if not the init process.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<String>,
 }
 
@@ -515,7 +519,7 @@ pub struct StdinSpec {
     /// The container.
     pub container: String,
     /// The exec id, if not the init process.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<String>,
     /// The data.
     pub data: String,
@@ -528,10 +532,10 @@ pub struct KillSpec {
     /// The container.
     pub container: String,
     /// The exec id, if not the init process.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<String>,
     /// The signal number (default 15).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<u32>,
 }
 
@@ -542,10 +546,10 @@ pub struct UpdateSpec {
     /// The container.
     pub container: String,
     /// CPU shares.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_shares: Option<u64>,
     /// Memory limit in bytes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<i64>,
 }
 
@@ -564,37 +568,42 @@ pub struct TerminationMessage {
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// Exit status per container (or `container/exec`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub exit_codes: BTreeMap<String, i32>,
     /// Complete stdout per container (or `container/exec`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stdout: BTreeMap<String, String>,
     /// Host termination-message file content per container; `null`: the file stays empty.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub host_files: BTreeMap<String, Option<String>>,
     /// Substrings that must each appear in some error the host reported.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     /// Substrings that must each appear in some warning the host logged.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Substrings that no error and no warning of the run may contain, whatever else
+    /// happens (for chaos runs: `["Invalid container id"]`, a call the runtime would not
+    /// make).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub never: Vec<String>,
     /// `completed` or `incomplete`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teardown: Option<Teardown>,
     /// Pairs `[A, B]` of agent RPCs or hypervisor operations: the first A precedes the first
     /// B in the call record.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<[OpName; 2]>")]
     pub order: Vec<[Op; 2]>,
     /// Agent RPCs or hypervisor operations that must never be called.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<OpName>")]
     pub absent: Vec<Op>,
     /// How many faults fire.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub faults_fired: Option<usize>,
     /// What containerd sees of each container's task at the end (`ctr task ls`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tasks: BTreeMap<String, TaskExpect>,
 }
 
@@ -603,16 +612,16 @@ pub struct Expect {
 #[serde(deny_unknown_fields)]
 pub struct TaskExpect {
     /// `created`, `running`, `paused` or `stopped`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<TaskStatus>,
     /// The exit status containerd got.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<u32>,
     /// The status was published at or after this many seconds of virtual time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_after: Option<RunSecs>,
     /// The status was published before this many seconds of virtual time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_before: Option<RunSecs>,
 }
 
@@ -624,6 +633,11 @@ pub enum Teardown {
     Completed,
     /// Something was left.
     Incomplete,
+}
+
+/// Whether a value is its type's default (left out when a scenario is written).
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// The JSON Schema of scenario files (for editor completion), generated from these types.

@@ -199,6 +199,18 @@ pub fn rs_error(e: &AgentError) -> String {
     }
 }
 
+/// The Go shim's answer to a task call for a container it does not have
+/// (containerd-shim-v2 `getContainer`: NotFound `container does not exist ID`).
+pub fn go_no_container(cid: &str) -> String {
+    format!("container does not exist {cid}: not found")
+}
+
+/// runtime-rs's answer to a task call for a container it does not have
+/// (`runtimes/common/src/error.rs` `Error::ContainerNotFound`).
+pub fn rs_no_container(cid: &str) -> String {
+    format!("failed to find container {cid}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,3 +266,4 @@ mod tests {
         );
     }
 }
+

@@ -496,7 +496,8 @@ fn sigterm_during_a_builtin_run_reports_what_finished_and_writes_junit() {
     write(dir.path(), "c.yaml", OK, "c-last");
     let junit = dir.path().join("out.xml");
     let mut child = kata_sim()
-        .args(["run", "--transport", "wire", "--timeout", "600", "--junit"])
+        // One at a time: with two, c-last would finish beside the hung one.
+        .args(["run", "-j", "1", "--transport", "wire", "--timeout", "600", "--junit"])
         .arg(&junit)
         .arg(dir.path())
         .stdout(Stdio::piped())
@@ -627,4 +628,296 @@ fn a_closed_stdout_ends_trace_and_list_quietly() {
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// A JSON line without what differs between two runs of the same scenarios (the wall time).
+fn timeless_json(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("elapsed_ms");
+            v
+        })
+        .collect()
+}
+
+/// JUnit without its times, timestamp and host.
+fn timeless_junit(xml: &str) -> String {
+    let times = regex::Regex::new(r#" (time|timestamp|hostname)="[^"]*""#).unwrap();
+    times.replace_all(xml, "").into_owned()
+}
+
+#[test]
+fn parallel_runs_report_exactly_what_a_serial_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let serial_junit = dir.path().join("serial.xml");
+    let parallel_junit = dir.path().join("parallel.xml");
+    let serial = run(&[
+        "run",
+        "-j",
+        "1",
+        "--format",
+        "json",
+        "--junit",
+        s(&serial_junit),
+    ]);
+    let parallel = run(&[
+        "run",
+        "-j",
+        "2",
+        "--format",
+        "json",
+        "--junit",
+        s(&parallel_junit),
+    ]);
+    assert!(serial.status.success() && parallel.status.success());
+    let (a, b) = (text(&serial).0, text(&parallel).0);
+    assert!(a.lines().count() > 60, "{a}");
+    assert_eq!(timeless_json(&a), timeless_json(&b));
+    assert_eq!(
+        timeless_junit(&std::fs::read_to_string(&serial_junit).unwrap()),
+        timeless_junit(&std::fs::read_to_string(&parallel_junit).unwrap())
+    );
+    // The summary too, line for line.
+    let serial = text(&run(&["run", "-j", "1"])).0;
+    let parallel = text(&run(&["run", "-j", "2"])).0;
+    assert_eq!(serial, parallel);
+    let out = run(&["run", "-j", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn four_shards_merged_are_the_single_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // The library and one file that does not load and one that fails: every kind of row.
+    let extra = dir.path().join("extra");
+    write(&extra, "bad.yaml", INVALID, "bad");
+    write(&extra, "fails.yaml", FAILS, "fails-here");
+    let whole_junit = dir.path().join("whole.xml");
+    let whole_results = dir.path().join("whole.json");
+    let lib = "scenarios/library";
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let library = manifest.join(lib);
+    let args = |more: &[&str]| -> Vec<String> {
+        let mut v = vec!["run".to_string(), s(&library).into(), s(&extra).into()];
+        v.extend(more.iter().map(|m| m.to_string()));
+        v
+    };
+    let whole = kata_sim()
+        .args(args(&[
+            "--junit",
+            s(&whole_junit),
+            "--results",
+            s(&whole_results),
+        ]))
+        .output()
+        .unwrap();
+    assert_eq!(whole.status.code(), Some(2), "{}", text(&whole).1);
+    let whole_json = kata_sim()
+        .args(args(&["--format", "json"]))
+        .output()
+        .unwrap();
+    let mut shards = Vec::new();
+    let mut sizes = Vec::new();
+    for i in 1..=4 {
+        let results = dir.path().join(format!("shard-{i}.json"));
+        let junit = dir.path().join(format!("shard-{i}.xml"));
+        let shard = format!("{i}/4");
+        let out = kata_sim()
+            .args(args(&[
+                "--shard",
+                &shard,
+                "--results",
+                s(&results),
+                "--junit",
+                s(&junit),
+            ]))
+            .output()
+            .unwrap();
+        let (stdout, _) = text(&out);
+        sizes.push(
+            stdout
+                .lines()
+                .filter(|l| l.contains(" ok ") || l.contains("FAILED") || l.contains("INVALID"))
+                .count(),
+        );
+        assert!(
+            std::fs::read_to_string(&junit)
+                .unwrap()
+                .contains("<testsuite")
+        );
+        shards.push(results);
+    }
+    assert!(
+        sizes.iter().all(|&n| n > 0),
+        "every shard has scenarios: {sizes:?}"
+    );
+    // Given in any order.
+    shards.reverse();
+    let merged_junit = dir.path().join("merged.xml");
+    let merged_results = dir.path().join("merged.json");
+    let mut merge = vec!["merge".to_string()];
+    merge.extend(shards.iter().map(|p| s(p).to_string()));
+    let merged = kata_sim()
+        .args(&merge)
+        .args(["--junit", s(&merged_junit), "--results", s(&merged_results)])
+        .output()
+        .unwrap();
+    // The same exit code, summary and failures as the single run.
+    assert_eq!(merged.status.code(), whole.status.code());
+    assert_eq!(text(&merged).0, text(&whole).0);
+    assert!(text(&whole).0.contains("fails-here"));
+    let failures = |e: &str| e[e.find("FAILED fails-here").unwrap()..].to_string();
+    assert_eq!(failures(&text(&merged).1), failures(&text(&whole).1));
+    assert_eq!(
+        timeless_junit(&std::fs::read_to_string(&merged_junit).unwrap()),
+        timeless_junit(&std::fs::read_to_string(&whole_junit).unwrap())
+    );
+    let merged_json = kata_sim()
+        .args(&merge)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        timeless_json(&text(&merged_json).0),
+        timeless_json(&text(&whole_json).0)
+    );
+    // The merged results are the single run's but for the times.
+    let rows = |p: &Path| -> Vec<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r["json"].as_object_mut().unwrap().remove("elapsed_ms");
+                r["junit"].as_object_mut().unwrap().remove("elapsed");
+                r["junit"].as_object_mut().unwrap().remove("started");
+                let xml = timeless_junit(r["junit"]["xml"].as_str().unwrap());
+                r["junit"]["xml"] = xml.into();
+                r
+            })
+            .collect()
+    };
+    assert_eq!(rows(&merged_results), rows(&whole_results));
+    // A missing shard is an error, not a smaller report.
+    let out = run(&["merge", s(&shards[0]), s(&shards[1]), s(&shards[2])]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("is missing"), "{}", text(&out).1);
+    let out = run(&["run", "--shard", "5/4"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn shrink_writes_a_regression_file_that_fails_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    // Fails for the seeds whose 50% drop of the WaitProcess answer fires (exit 255).
+    let file = write(
+        dir.path(),
+        "flaky.yaml",
+        "name: NAME\nfaults: [\"WaitProcess=50%drop(before)\", \"Check=30%delay(1s)\"]\nsteps:\n  - create_sandbox: {}\n  - create_container: { id: c1, args: [echo, hi] }\n  - start: c1\n  - wait: c1\n  - stop: c1\n  - destroy_sandbox\nexpect:\n  exit_codes: { c1: 0 }\n",
+        "flaky",
+    );
+    let failing = (0..64)
+        .find(|seed| {
+            !run(&["run", s(&file), "--seed", &seed.to_string(), "-q"])
+                .status
+                .success()
+        })
+        .expect("a failing seed");
+    let out_file = dir.path().join("regression.yaml");
+    let seed = failing.to_string();
+    let out = run(&["shrink", s(&file), "--seed", &seed, "-o", s(&out_file)]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("fails `exit_codes.c1`"), "{stdout}");
+    let written = std::fs::read_to_string(&out_file).unwrap();
+    assert!(written.contains("WaitProcess=1*drop(before)"), "{written}");
+    assert!(!written.contains('%'), "{written}");
+    assert!(
+        !written.contains("Check="),
+        "the delay is not needed: {written}"
+    );
+    // It loads and fails the same way with its own seed.
+    let out = run(&["run", s(&out_file), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(text(&out).0.trim()).unwrap();
+    assert!(
+        v["mismatches"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("exit_codes.c1")
+    );
+    // A seed it passes for: nothing to shrink, and no file left behind.
+    let passing = (0..64)
+        .find(|seed| {
+            run(&["run", s(&file), "--seed", &seed.to_string(), "-q"])
+                .status
+                .success()
+        })
+        .unwrap();
+    let none = dir.path().join("none.yaml");
+    let out = run(&[
+        "shrink",
+        s(&file),
+        "--seed",
+        &passing.to_string(),
+        "-o",
+        s(&none),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("nothing to shrink"),
+        "{}",
+        text(&out).1
+    );
+    assert!(!none.exists());
+}
+
+#[test]
+fn matrix_and_coverage_report_the_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("m.json");
+    let out = run(&[
+        "matrix",
+        "--persona",
+        "rs",
+        "--shard",
+        "1/8",
+        "--format",
+        "json",
+        "--results",
+        s(&results),
+    ]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let lines = text(&out).0.lines().count();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert_eq!(v["cells"].as_array().unwrap().len(), lines);
+    assert!(v["total"].as_u64().unwrap() as usize > 4 * lines);
+    assert_eq!(v["header"]["persona"], "rs");
+    let out = run(&["matrix", "--persona", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["matrix", "--base", "go-hang-create-container"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("fault-free"), "{}", text(&out).1);
+    // The bundled go scenarios cover the GetDiagnosticData error cell in the stop phase.
+    let out = run(&["coverage"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("covered  stop.GetDiagnosticData.error-")
+                && l.contains("go-term-getdiag-error")),
+        "{stdout}"
+    );
+    let summary = stdout.lines().last().unwrap();
+    assert!(
+        summary.contains(" cells of the go matrix covered ("),
+        "{summary}"
+    );
 }

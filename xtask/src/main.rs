@@ -210,7 +210,7 @@ fn bench_report(quick: bool) -> anyhow::Result<()> {
             "1",
             "--sample-size",
             "10",
-            "^(floor/|rpc/[a-z_]+/check$|fault_overhead/|lifecycle/|scale/|scenarios/)",
+            "^(floor/|rpc/[a-z_]+/check$|fault_overhead/|lifecycle/|scale/|scenarios/|parallel/|matrix/)",
         ]
     } else {
         &["--noplot", "--warm-up-time", "1", "--measurement-time", "3"]
@@ -254,6 +254,14 @@ fn bench_report(quick: bool) -> anyhow::Result<()> {
     let s1 = median_ns("scale_check/1")?;
     let s1000 = median_ns("scale_check/1000")?;
     let library = median_ns("scenarios/library")?;
+    let lib_serial = median_ns("parallel/library_x20/1")?;
+    let lib_parallel = median_ns("parallel/library_x20/2")?;
+    let matrix_serial = median_ns("matrix/go/1")?;
+    let matrix_parallel = median_ns("matrix/go/2")?;
+    let matrix_cells: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        criterion.join("matrix-cells.json"),
+    )?)?;
+    let matrix_cells = matrix_cells["go"].as_u64().unwrap_or(0);
     let scenarios = std::fs::read_dir(root().join("scenarios/library"))?
         .filter(|e| {
             e.as_ref()
@@ -365,6 +373,31 @@ fn bench_report(quick: bool) -> anyhow::Result<()> {
             ratio: None,
             target: ">= 200/s",
             met: Some(per_second >= 200.0),
+        },
+        Row {
+            metric: "Bundled library x 20 seeds, throughput with -j 2 vs -j 1",
+            value: format!(
+                "{:.0}/s ({} in {})",
+                (scenarios * 20) as f64 / (lib_parallel / 1e9),
+                scenarios * 20,
+                fmt_ns(lib_parallel)
+            ),
+            baseline: format!(
+                "{:.0}/s ({})",
+                (scenarios * 20) as f64 / (lib_serial / 1e9),
+                fmt_ns(lib_serial)
+            ),
+            ratio: Some(lib_serial / lib_parallel),
+            target: ">= 1.8x",
+            met: Some(lib_serial / lib_parallel >= 1.8),
+        },
+        Row {
+            metric: "Full go fault matrix, in-process, -j 2 (vs -j 1)",
+            value: format!("{} ({matrix_cells} cells)", fmt_ns(matrix_parallel)),
+            baseline: fmt_ns(matrix_serial),
+            ratio: Some(matrix_parallel / matrix_serial),
+            target: "< 10 s",
+            met: Some(matrix_parallel < 10e9),
         },
     ];
     let mut table = String::from(

@@ -14,6 +14,7 @@ use clap::{ArgAction, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use kata_sim::runner::{self, Loaded, Overrides, Progress, Report, Source, Verdict};
 use kata_sim::schema::Persona;
 use kata_sim::serve::{ServeOptions, start};
+use kata_sim::shard::{Body, Results, Row, Shard};
 use sim_agent::AgentVersion;
 use sim_agent::fault::Rule;
 
@@ -259,9 +260,102 @@ enum Command {
         /// static busybox).
         #[arg(long, value_name = "DIR")]
         rootfs: Option<PathBuf>,
+        /// How many scenarios run at once (default: the number of CPUs; 1 with a `shim:` or
+        /// `exec` driver). Output, snapshots, JUnit and seeds are those of a serial run.
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
+        /// Run only shard I of N (`--shard 2/4`): the scenarios whose name hashes to it.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<Shard>,
+        /// Write the results here (JSON) for `kata-sim merge`.
+        #[arg(long, value_name = "FILE")]
+        results: Option<PathBuf>,
         /// With `--driver exec`: the host runtime's command, e.g. `-- ctr run ...`.
         #[arg(last = true)]
         command: Vec<String>,
+    },
+    /// Run every agent RPC and VM operation of a lifecycle under every fault that applies, in
+    /// every phase, and classify what the host did (a table, JSON lines, an HTML heat map).
+    Matrix {
+        /// The persona whose host runs the cells.
+        #[arg(long, value_parser = persona_parser(), default_value = "go")]
+        persona: Persona,
+        /// The fault-free lifecycle to fault (a file or a library name; default
+        /// `go-term-copied`, or `rs-term-copied` for rs).
+        #[arg(long, value_name = "PATH|NAME")]
+        base: Option<String>,
+        /// The scenario library, for a name (default: the one built into kata-sim).
+        #[arg(long, value_name = "DIR")]
+        library: Option<PathBuf>,
+        /// How many cells run at once (default: the number of CPUs).
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: Option<u16>,
+        /// Run only shard I of N (`--shard 2/4`): the cells whose id hashes to it.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<Shard>,
+        /// Write the results here (JSON) for `kata-sim merge`.
+        #[arg(long, value_name = "FILE")]
+        results: Option<PathBuf>,
+        /// Write the HTML report into this directory (`index.html`, `cells/`).
+        #[arg(long, value_name = "DIR")]
+        html: Option<PathBuf>,
+        /// How the cells are printed (`json`: one object per cell).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Which cells of the fault matrix a scenario library covers (its scenarios of one
+    /// persona, run; a cell is covered when one of their faults fires on that call in that
+    /// phase).
+    Coverage {
+        /// Scenario files or directories (default: the library).
+        paths: Vec<PathBuf>,
+        /// The scenario library used when no path is given (default: the built-in one).
+        #[arg(long, value_name = "DIR")]
+        library: Option<PathBuf>,
+        /// The persona: its scenarios count, against its matrix.
+        #[arg(long, value_parser = persona_parser(), default_value = "go")]
+        persona: Persona,
+        /// The matrix's base lifecycle (as `matrix --base`).
+        #[arg(long, value_name = "PATH|NAME")]
+        base: Option<String>,
+        /// How the cells are printed (`json`: one object per cell).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Reduce a scenario that fails for a seed to a minimal deterministic one that still fails
+    /// the same expectation, and write it as a regression file.
+    Shrink {
+        /// The scenario file, or the name of a library scenario.
+        #[arg(value_name = "PATH|NAME")]
+        scenario: String,
+        /// The seed it fails for.
+        #[arg(long)]
+        seed: u64,
+        /// The scenario library, for a name (default: the one built into kata-sim).
+        #[arg(long, value_name = "DIR")]
+        library: Option<PathBuf>,
+        /// Where to write it (default: `NAME-seed-N.yaml` in the current directory).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Combine the results of `--shard I/N` runs (`--results FILE` of each) into the report
+    /// one machine would have produced.
+    Merge {
+        /// The shards' results files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write the merged JUnit XML here (runs).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Write the merged results here.
+        #[arg(long, value_name = "FILE")]
+        results: Option<PathBuf>,
+        /// Write the merged HTML report into this directory (matrices).
+        #[arg(long, value_name = "DIR")]
+        html: Option<PathBuf>,
+        /// How the merged report is printed.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// List the library's scenarios: name, persona, description.
     List {
@@ -613,9 +707,23 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
             snapshots,
             runtime_config,
             rootfs,
+            jobs,
+            shard,
+            results,
             command,
         } => {
             ui.init_logging(1);
+            let serial = matches!(driver, Driver::Shim(_) | Driver::Exec);
+            let jobs = jobs.map_or_else(
+                || {
+                    if serial {
+                        1
+                    } else {
+                        kata_sim::pool::default_jobs()
+                    }
+                },
+                usize::from,
+            );
             let shim = shim_options(&driver, runtime_config, rootfs, timeout)?;
             let overrides = Overrides {
                 persona: driver.persona(),
@@ -631,7 +739,72 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
                 &targets,
                 library.as_deref(),
                 &overrides,
+                RunOutputs {
+                    junit: junit.as_deref(),
+                    results: results.as_deref(),
+                    format,
+                    jobs,
+                    shard: shard.unwrap_or(Shard::ALL),
+                },
+                ui,
+            )
+        }
+        Command::Matrix {
+            persona,
+            base,
+            library,
+            jobs,
+            shard,
+            results,
+            html,
+            format,
+        } => {
+            ui.init_logging(1);
+            let jobs = jobs.map_or_else(kata_sim::pool::default_jobs, usize::from);
+            matrix(
+                persona,
+                base.as_deref(),
+                library.as_deref(),
+                jobs,
+                shard.unwrap_or(Shard::ALL),
+                results.as_deref(),
+                html.as_deref(),
+                format,
+                ui,
+            )
+        }
+        Command::Coverage {
+            paths,
+            library,
+            persona,
+            base,
+            format,
+        } => {
+            ui.init_logging(1);
+            coverage(&paths, library.as_deref(), persona, base.as_deref(), format)
+        }
+        Command::Shrink {
+            scenario,
+            seed,
+            library,
+            output,
+        } => {
+            ui.init_logging(1);
+            shrink(&scenario, seed, library.as_deref(), output.as_deref())
+        }
+        Command::Merge {
+            files,
+            junit,
+            results,
+            html,
+            format,
+        } => {
+            ui.init_logging(1);
+            merge(
+                &files,
                 junit.as_deref(),
+                results.as_deref(),
+                html.as_deref(),
                 format,
                 ui,
             )
@@ -1081,23 +1254,46 @@ impl ProgressLine {
     }
 }
 
+/// Where and how `run` reports.
+struct RunOutputs<'a> {
+    junit: Option<&'a Path>,
+    results: Option<&'a Path>,
+    format: Format,
+    jobs: usize,
+    shard: Shard,
+}
+
+/// A file that must be writable before anything runs.
+fn create_now(path: Option<&Path>, flag: &str) -> Result<Option<(PathBuf, std::fs::File)>> {
+    path.map(|p| {
+        std::fs::File::create(p)
+            .with_context(|| format!("{flag} {}: cannot write", p.display()))
+            .or_bad()
+            .map(|f| (p.to_path_buf(), f))
+    })
+    .transpose()
+}
+
+fn write_to(file: Option<(PathBuf, std::fs::File)>, text: &str) -> Result<()> {
+    if let Some((path, mut f)) = file {
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+            .or_internal()?;
+    }
+    Ok(())
+}
+
 fn run(
     targets: &[String],
     library: Option<&Path>,
     o: &Overrides,
-    junit: Option<&Path>,
-    format: Format,
+    outputs: RunOutputs<'_>,
     ui: Ui,
 ) -> Result<ExitCode> {
-    // Before anything runs: a JUnit path that cannot be written is an error now.
-    let junit_file = junit
-        .map(|j| {
-            std::fs::File::create(j)
-                .with_context(|| format!("--junit {}: cannot write", j.display()))
-                .or_bad()
-                .map(|f| (j, f))
-        })
-        .transpose()?;
+    let format = outputs.format;
+    // Before anything runs: an output path that cannot be written is an error now.
+    let junit_file = create_now(outputs.junit, "--junit")?;
+    let results_file = create_now(outputs.results, "--results")?;
     let sources = resolve(targets, library)?;
     if sources.is_empty() {
         return Err(no_scenarios(&[library.map_or_else(
@@ -1110,7 +1306,15 @@ fn run(
     kata_sim::exec::stop_on_signals()
         .context("installing the signal handlers")
         .or_internal()?;
-    let loaded = runner::load_all(&sources);
+    let all = runner::load_all(&sources);
+    let total = all.len();
+    // A shard's scenarios, by a stable hash of the name (of the file, for one that does not
+    // load), each with its place in the whole run.
+    let (positions, loaded): (Vec<usize>, Vec<Loaded>) = all
+        .into_iter()
+        .enumerate()
+        .filter(|(_, l)| outputs.shard.selects(&shard_key(l)))
+        .unzip();
     let stderr_terminal = std::io::stderr().is_terminal();
     let mut line = ProgressLine {
         terminal: stderr_terminal,
@@ -1121,7 +1325,7 @@ fn run(
     };
     let stop = || kata_sim::exec::interrupted().map(|s| format!("interrupted by {s}"));
     let mut json_error = None;
-    let reports = runner::run_all(loaded, o, &stop, &mut |p| {
+    let reports = runner::run_all(loaded, o, outputs.jobs, &stop, &mut |p| {
         if format == Format::Json
             && let Progress::Finished { report, .. } = &p
         {
@@ -1140,21 +1344,22 @@ fn run(
     if let Some(e) = json_error {
         return Err(Exit::internal(e));
     }
+    let rows: Vec<Row> = positions
+        .iter()
+        .zip(&reports)
+        .map(|(i, r)| Row::of(*i, r))
+        .collect();
     if format == Format::Text {
-        out!(
-            "{}",
-            runner::summary_styled(&reports, ui.color(std::io::stdout().is_terminal()))
-        );
-        let failures = runner::failures(&reports);
-        if !failures.is_empty() {
-            eprint!("\n{failures}");
-        }
+        print_run(&rows, ui)?;
     }
-    if let Some((path, mut file)) = junit_file {
-        file.write_all(runner::junit(&reports).as_bytes())
-            .with_context(|| format!("writing {}", path.display()))
-            .or_internal()?;
-    }
+    write_to(junit_file, &run_junit(&rows))?;
+    let results = Results {
+        version: kata_sim::shard::VERSION,
+        shard: outputs.shard,
+        total,
+        body: Body::Run { rows },
+    };
+    write_to(results_file, &to_json(&results)?)?;
     if let Some(sig) = kata_sim::exec::interrupted() {
         let ran = reports
             .iter()
@@ -1167,6 +1372,316 @@ fn run(
         return Err(Exit::quiet(128 + sig as u8));
     }
     Ok(exit_of(&reports))
+}
+
+/// What a scenario is sharded by: its name, or its file's when it does not load.
+fn shard_key(l: &Loaded) -> String {
+    match &l.scenario {
+        Ok(s) => s.name.clone(),
+        Err(_) => l.source.file.display().to_string(),
+    }
+}
+
+/// The summary on stdout, the failures on stderr.
+fn print_run(rows: &[Row], ui: Ui) -> Result<()> {
+    out!(
+        "{}",
+        runner::summary_of_rows(rows, ui.color(std::io::stdout().is_terminal()))
+    );
+    let failures: String = rows.iter().map(|r| r.failure.as_str()).collect();
+    if !failures.is_empty() {
+        eprint!("\n{failures}");
+    }
+    Ok(())
+}
+
+fn run_junit(rows: &[Row]) -> String {
+    let cases: Vec<kata_sim::junit::Case> = rows.iter().map(|r| r.junit.clone()).collect();
+    kata_sim::junit::render_cases(&cases, &kata_sim::junit::hostname())
+}
+
+/// 2 if a file did not load, else 1 if a scenario failed, else 0 (of rows).
+fn exit_of_rows(rows: &[Row]) -> ExitCode {
+    match rows.iter().map(|r| r.verdict).max() {
+        Some(Verdict::Invalid) => ExitCode::from(BAD_INPUT),
+        Some(Verdict::Failed | Verdict::Skipped) => ExitCode::FAILURE,
+        Some(Verdict::Ok) | None => ExitCode::SUCCESS,
+    }
+}
+
+fn persona_parser() -> impl clap::builder::TypedValueParser<Value = Persona> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Persona::ALL.map(Persona::name)).map(|s| {
+        Persona::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .unwrap_or_default()
+    })
+}
+
+/// The matrix's base: `--base`, or the persona's default from the library.
+fn matrix_plan(
+    persona: Persona,
+    base: Option<&str>,
+    library: Option<&Path>,
+) -> Result<kata_sim::matrix::Plan> {
+    let name = base.unwrap_or_else(|| kata_sim::matrix::default_base(persona));
+    let (_, scenario) = one_scenario(name, library)?;
+    kata_sim::matrix::plan(scenario, persona).or_bad()
+}
+
+#[allow(clippy::too_many_arguments, reason = "one per flag of the subcommand")]
+fn matrix(
+    persona: Persona,
+    base: Option<&str>,
+    library: Option<&Path>,
+    jobs: usize,
+    shard: Shard,
+    results: Option<&Path>,
+    html: Option<&Path>,
+    format: Format,
+    ui: Ui,
+) -> Result<ExitCode> {
+    let results_file = create_now(results, "--results")?;
+    let plan = matrix_plan(persona, base, library)?;
+    let total = plan.cells.len();
+    // The live line only on a terminal.
+    let quiet = ui.quiet || !std::io::stderr().is_terminal();
+    let mut done = 0usize;
+    let mut json_error = None;
+    let cells = kata_sim::matrix::run(&plan, jobs, shard, &mut |c| {
+        done += 1;
+        if format == Format::Json {
+            match serde_json::to_string(&kata_sim::matrix::cell_json(c)) {
+                Ok(j) => {
+                    let _ = writeln!(std::io::stdout(), "{j}");
+                }
+                Err(e) => json_error = Some(e),
+            }
+        }
+        if !quiet {
+            eprint!("\r\x1b[K[{done}] {}", c.id);
+        }
+    });
+    if !quiet {
+        eprint!("\r\x1b[K");
+    }
+    if let Some(e) = json_error {
+        return Err(Exit::internal(e));
+    }
+    let results = Results {
+        version: kata_sim::shard::VERSION,
+        shard,
+        total,
+        body: Body::Matrix {
+            header: plan.header.clone(),
+            cells,
+        },
+    };
+    report_matrix(&results, html, format)?;
+    write_to(results_file, &to_json(&results)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A matrix's table (text) and HTML report.
+fn report_matrix(results: &Results, html: Option<&Path>, format: Format) -> Result<()> {
+    let Body::Matrix { header, cells } = &results.body else {
+        return Ok(());
+    };
+    if format == Format::Text {
+        out!("{}", kata_sim::matrix::table(header, cells));
+    }
+    if let Some(dir) = html {
+        let index = kata_sim::matrix::write_html(dir, header, cells)
+            .with_context(|| format!("--html {}", dir.display()))
+            .or_bad()?;
+        eprintln!("HTML report: {}", index.display());
+    }
+    Ok(())
+}
+
+fn coverage(
+    paths: &[PathBuf],
+    library: Option<&Path>,
+    persona: Persona,
+    base: Option<&str>,
+    format: Format,
+) -> Result<ExitCode> {
+    let plan = matrix_plan(persona, base, library)?;
+    let sources = if paths.is_empty() {
+        library_sources(library)?
+    } else {
+        runner::find(paths)
+            .or_bad()?
+            .into_iter()
+            .map(Source::file)
+            .collect()
+    };
+    let loaded = runner::load_all(&sources);
+    let mut scenarios = Vec::new();
+    for l in loaded {
+        match l.scenario {
+            Ok(s) if s.config.persona == persona => scenarios.push((l.source, s)),
+            Ok(_) => {}
+            Err(e) => return Err(Exit::bad(e)),
+        }
+    }
+    if scenarios.is_empty() {
+        return Err(Exit {
+            code: NO_SCENARIOS,
+            error: Some(anyhow::anyhow!(
+                "no scenarios of persona {persona} to measure"
+            )),
+        });
+    }
+    let o = Overrides::default();
+    let stop = || None;
+    let mut by: std::collections::BTreeMap<kata_sim::matrix::Covered, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (source, s) in scenarios {
+        let name = s.name.clone();
+        let r = runner::run_scenario(&source.file, s.clone(), &o, &stop, &mut |_, _| {});
+        if let Some(outcome) = &r.outcome {
+            for c in kata_sim::matrix::covered(&s, outcome) {
+                by.entry(c).or_default().push(name.clone());
+            }
+        }
+    }
+    let mut covered = 0;
+    let mut rows = Vec::new();
+    for c in &plan.cells {
+        let key = kata_sim::matrix::Covered {
+            phase: c.phase,
+            op: c.op,
+            fault: kata_sim::matrix::FAULTS[c.fault].label,
+        };
+        let names = by.get(&key).cloned().unwrap_or_default();
+        if !names.is_empty() {
+            covered += 1;
+        }
+        rows.push((c, names));
+    }
+    match format {
+        Format::Json => {
+            for (c, names) in &rows {
+                outln!(
+                    "{}",
+                    to_json(&serde_json::json!({
+                        "id": c.id(),
+                        "phase": c.phase,
+                        "op": c.op,
+                        "fault": kata_sim::matrix::FAULTS[c.fault].label,
+                        "covered_by": names,
+                    }))?
+                );
+            }
+        }
+        Format::Text => {
+            for (c, names) in &rows {
+                if !names.is_empty() {
+                    outln!("covered  {:<60} {}", c.id(), names.join(", "));
+                }
+            }
+            let pct = if plan.cells.is_empty() {
+                0.0
+            } else {
+                100.0 * covered as f64 / plan.cells.len() as f64
+            };
+            outln!(
+                "\n{covered} of {} cells of the {persona} matrix covered ({pct:.1}%)",
+                plan.cells.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shrink(
+    target: &str,
+    seed: u64,
+    library: Option<&Path>,
+    output: Option<&Path>,
+) -> Result<ExitCode> {
+    let (source, s) = one_scenario(target, library)?;
+    let name = s.name.clone();
+    let out_path = output.map_or_else(
+        || PathBuf::from(format!("{name}-seed-{seed}.yaml")),
+        Path::to_path_buf,
+    );
+    let file = create_now(Some(&out_path), "--output")?;
+    let shrunk = match kata_sim::shrink::shrink(s, seed) {
+        Ok(sh) => sh,
+        Err(e) => {
+            let _ = std::fs::remove_file(&out_path);
+            return Err(Exit::bad(e));
+        }
+    };
+    let text = kata_sim::shrink::render(&shrunk, &source.file.display().to_string(), seed)
+        .map_err(|e| anyhow::anyhow!("rendering the scenario: {e}"))
+        .or_internal()?;
+    write_to(file, &text)?;
+    outln!(
+        "{name} with seed {seed} fails `{}`; shrunk in {} runs: {} -> {} steps, {} -> {} rules, \
+         {} -> {} firings: {}",
+        shrunk.what,
+        shrunk.runs,
+        shrunk.before.steps,
+        shrunk.after.steps,
+        shrunk.before.rules,
+        shrunk.after.rules,
+        shrunk.before.firings,
+        shrunk.after.firings,
+        out_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn merge(
+    files: &[PathBuf],
+    junit: Option<&Path>,
+    results: Option<&Path>,
+    html: Option<&Path>,
+    format: Format,
+    ui: Ui,
+) -> Result<ExitCode> {
+    let junit_file = create_now(junit, "--junit")?;
+    let results_file = create_now(results, "--results")?;
+    let parts = files
+        .iter()
+        .map(|f| kata_sim::shard::read(f))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .or_bad()?;
+    let merged = kata_sim::shard::merge(parts).or_bad()?;
+    let code = match &merged.body {
+        Body::Run { rows } => {
+            match format {
+                Format::Text => print_run(rows, ui)?,
+                Format::Json => {
+                    for r in rows {
+                        outln!("{}", to_json(&r.json)?);
+                    }
+                }
+            }
+            write_to(junit_file, &run_junit(rows))?;
+            exit_of_rows(rows)
+        }
+        Body::Matrix { cells, .. } => {
+            if format == Format::Json {
+                for c in cells {
+                    outln!("{}", to_json(&kata_sim::matrix::cell_json(c))?);
+                }
+            }
+            report_matrix(&merged, html, format)?;
+            if junit_file.is_some() {
+                return Err(Exit::bad(anyhow::anyhow!(
+                    "--junit: a matrix's results have no JUnit report"
+                )));
+            }
+            ExitCode::SUCCESS
+        }
+    };
+    write_to(results_file, &to_json(&merged)?)?;
+    Ok(code)
 }
 
 /// 2 if a file did not load, else 1 if a scenario failed, else 0.

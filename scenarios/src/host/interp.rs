@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
+use sim_agent::Agent;
 use sim_agent::SimAgent;
 use sim_agent::fault::{FaultEngine, FaultGuard};
 use sim_agent::protocols::{agent, oci};
-use sim_agent::{Agent, Trace};
 
 use super::Limits;
-use super::outcome::{stuck_call, stuck_message};
+use super::outcome::{Stuck, stuck_call, stuck_message};
 use super::persona::BackgroundFrom;
 use super::world::{Host, Transport};
 use crate::record::TaskStatus;
@@ -75,6 +75,9 @@ pub trait Runtime {
     /// Called after each step (whatever its result) with the time it took: a driver of a
     /// real runtime records the task states the runtime reports then.
     async fn after_step(&mut self, _step: &Step, _took: Duration) {}
+    /// Called as step `index` starts (the teardown is index `steps.len()`), with how many
+    /// faults had fired by then: the built-in host places each firing in its step.
+    fn step_started(&mut self, _index: usize, _fired: u64) {}
 }
 
 /// The steps, then the teardown, each within its bound; returns whether the teardown
@@ -92,6 +95,8 @@ pub async fn run_body<R: Runtime>(rt: &mut R, s: &Scenario, limits: Limits) -> b
             break;
         };
         let limit = limits.step.min(left);
+        let fired = rt.faults().0.fired_total();
+        rt.step_started(i, fired);
         let t0 = tokio::time::Instant::now();
         // A step that never ends (a hang without a deadline) ends the run's patience instead.
         match tokio::time::timeout(limit, run_step(rt, step)).await {
@@ -108,6 +113,8 @@ pub async fn run_body<R: Runtime>(rt: &mut R, s: &Scenario, limits: Limits) -> b
     if !rt.sandbox_up() {
         return true;
     }
+    let fired = rt.faults().0.fired_total();
+    rt.step_started(s.steps.len(), fired);
     let t0 = tokio::time::Instant::now();
     match tokio::time::timeout(limits.teardown, rt.destroy_sandbox()).await {
         Ok(r) => r.is_ok(),
@@ -182,6 +189,7 @@ impl<T: Transport> Runtime for Host<T> {
 
     async fn start(&mut self, cid: &str) -> Result<(), String> {
         let agent = self.agent()?.clone();
+        self.known(cid)?;
         self.calls()
             .start_container(&agent, cid)
             .await
@@ -207,6 +215,7 @@ impl<T: Transport> Runtime for Host<T> {
 
     async fn exec(&mut self, e: &ExecSpec) -> Result<(), String> {
         let agent = self.agent()?.clone();
+        self.known(&e.container)?;
         let process = oci::Process {
             Args: e.args.clone(),
             Cwd: "/".into(),
@@ -229,6 +238,7 @@ impl<T: Transport> Runtime for Host<T> {
 
     async fn write_stdin(&mut self, w: &StdinSpec) -> Result<(), String> {
         let agent = self.agent()?.clone();
+        self.known(&w.container)?;
         let eid = process_id(self, &w.container, w.exec.as_deref());
         Agent::write_process_stdin(
             &agent,
@@ -243,6 +253,7 @@ impl<T: Transport> Runtime for Host<T> {
 
     async fn close_stdin(&mut self, p: &ProcessRef) -> Result<(), String> {
         let agent = self.agent()?.clone();
+        self.known(&p.container)?;
         let eid = process_id(self, &p.container, p.exec.as_deref());
         Agent::close_process_stdin(&agent, p.container.clone(), eid)
             .await
@@ -251,6 +262,7 @@ impl<T: Transport> Runtime for Host<T> {
 
     async fn kill(&mut self, k: &KillSpec) -> Result<(), String> {
         let agent = self.agent()?.clone();
+        self.known(&k.container)?;
         // Both runtimes signal a container's init process with exec id "" (recorded).
         let eid = k.exec.clone().unwrap_or_default();
         Agent::signal_process(
@@ -274,6 +286,7 @@ impl<T: Transport> Runtime for Host<T> {
 
     async fn pause(&mut self, cid: &str) -> Result<(), String> {
         let agent = self.agent()?.clone();
+        self.known(cid)?;
         Agent::pause_container(&agent, cid.to_string())
             .await
             .map_err(|e| format!("PauseContainer: {e}"))?;
@@ -284,6 +297,7 @@ impl<T: Transport> Runtime for Host<T> {
 
     async fn resume(&mut self, cid: &str) -> Result<(), String> {
         let agent = self.agent()?.clone();
+        self.known(cid)?;
         Agent::resume_container(&agent, cid.to_string())
             .await
             .map_err(|e| format!("ResumeContainer: {e}"))?;
@@ -294,6 +308,7 @@ impl<T: Transport> Runtime for Host<T> {
 
     async fn update(&mut self, u: &UpdateSpec) -> Result<(), String> {
         let agent = self.agent()?.clone();
+        self.known(&u.container)?;
         let resources = oci::LinuxResources {
             CPU: Some(oci::LinuxCPU {
                 Shares: u.cpu_shares.unwrap_or(0),
@@ -314,6 +329,7 @@ impl<T: Transport> Runtime for Host<T> {
 
     async fn stats(&mut self, cid: &str) -> Result<(), String> {
         let agent = self.agent()?.clone();
+        self.known(cid)?;
         Agent::stats_container(&agent, cid.to_string())
             .await
             .map(|_| ())
@@ -341,25 +357,37 @@ impl<T: Transport> Runtime for Host<T> {
         (&self.engine, &mut self.guards)
     }
 
+    fn step_started(&mut self, index: usize, fired: u64) {
+        self.marks.push((index, fired));
+    }
+
     fn error(&mut self, e: String) {
         Host::error(self, e);
     }
 
     fn stuck(&mut self, what: &str, waited: Duration) -> String {
-        stuck_here(&self.trace, &mut self.blamed, what, waited)
+        let call = stuck_call(&self.trace, &mut self.blamed);
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stuck
+            .push(Stuck {
+                what: what.to_string(),
+                call: call.clone(),
+            });
+        stuck_message(what, &self.trace, call, waited, "virtual")
     }
 }
 
-/// The stuck message of a built-in run: the call in flight the longest that no earlier message
-/// blamed, on the virtual clock.
-pub(super) fn stuck_here(
-    trace: &Trace,
-    blamed: &mut Vec<u64>,
-    what: &str,
-    waited: Duration,
-) -> String {
-    let call = stuck_call(trace, blamed);
-    stuck_message(what, trace, call, waited, "virtual")
+impl<T: Transport> Host<T> {
+    /// A task call about container `cid` reaches the agent only if the host created it (and
+    /// has not removed it): the shim answers it itself otherwise, in its words.
+    fn known(&self, cid: &str) -> Result<(), String> {
+        match self.containers.get(cid) {
+            Some(c) if !c.removed => Ok(()),
+            _ => Err((self.profile().no_container)(cid)),
+        }
+    }
 }
 
 pub(super) fn process_id<T: Transport>(host: &Host<T>, cid: &str, exec: Option<&str>) -> String {

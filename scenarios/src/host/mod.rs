@@ -53,7 +53,9 @@ mod world;
 
 pub use interp::{Runtime, run_body, run_step};
 pub use lifecycle::{TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_POLICY};
-pub use outcome::{Outcome, ProcessOutcome, failed, panic_message, stuck_call, waiting_on};
+pub use outcome::{
+    Firing, Outcome, ProcessOutcome, Stuck, failed, panic_message, stuck_call, waiting_on,
+};
 pub use world::{
     InProcess, Transport, Wire, agent_config, run, run_blocking, run_wire_blocking, run_with,
     run_with_limits, run_with_limits_traced, script,

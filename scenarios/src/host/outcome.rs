@@ -58,6 +58,41 @@ pub struct Outcome {
     /// states the shim reported after it. Empty for the built-in host.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<crate::shim::StepRecord>,
+    /// Where the host was stuck each time a bound ran out (the errors say it in words; this
+    /// is the same, typed, for [`crate::matrix`]'s classification). Not in snapshots.
+    #[serde(skip)]
+    pub stuck: Vec<Stuck>,
+    /// Each fault that fired (of those the engine kept), typed, with the step it fired in
+    /// (the teardown is `steps.len()`). Not in snapshots.
+    #[serde(skip)]
+    pub firings: Vec<Firing>,
+}
+
+/// One fault that fired, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firing {
+    /// The rule (engine ids count from 1 in install order: the scenario's `faults`, then its
+    /// `add_fault` steps as they run).
+    pub rule: sim_agent::fault::RuleId,
+    /// Which of the calls the rule was asked about it fired on ([`sim_agent::fault::Fired::nth`]).
+    pub nth: u64,
+    /// The call's target (`CreateContainer`, `StartVM`).
+    pub target: String,
+    /// What it did.
+    pub action: sim_agent::fault::Action,
+    /// The step it fired in (`steps.len()`: the teardown after the last step); `None` for
+    /// a host that does not say when its steps start.
+    pub step: Option<usize>,
+}
+
+/// One bound that ran out: the step (`steps[2]`) or `teardown`, and the call in flight the
+/// longest that no earlier one blamed, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    /// `steps[I]` or `teardown`.
+    pub what: String,
+    /// The call it was stuck in.
+    pub call: Option<Call>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -181,6 +216,8 @@ pub fn failed(s: &Scenario, error: String) -> Outcome {
         teardown: Teardown::Incomplete,
         guest_containers: Vec::new(),
         steps: Vec::new(),
+        stuck: Vec::new(),
+        firings: Vec::new(),
     }
 }
 
@@ -244,7 +281,34 @@ pub(super) fn outcome<T: Transport>(
         teardown,
         guest_containers,
         steps: Vec::new(),
+        stuck: log.stuck,
+        firings: firings(engine, &host.marks),
     }
+}
+
+/// The engine's kept firings, each placed in the step that was running when it fired.
+pub(crate) fn firings(engine: &FaultEngine, marks: &[(usize, u64)]) -> Vec<Firing> {
+    let first = engine.fired_dropped();
+    engine
+        .fired()
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let n = first + i as u64;
+            let step = marks
+                .iter()
+                .take_while(|(_, fired)| *fired <= n)
+                .last()
+                .map(|(step, _)| *step);
+            Firing {
+                rule: f.rule,
+                nth: f.nth,
+                target: f.target,
+                action: f.kind,
+                step,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -154,6 +154,8 @@ pub(super) struct Host<T: Transport> {
     pub(super) trace: Trace,
     /// The calls a stuck message blamed already.
     pub(super) blamed: Vec<u64>,
+    /// As each step (and the teardown) started: its index and the faults fired by then.
+    pub(super) marks: Vec<(usize, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +163,8 @@ pub(super) struct Log {
     pub(super) errors: Vec<String>,
     /// Warnings, consecutive repeats folded.
     pub(super) warnings: Vec<Warning>,
+    /// Where the host was stuck, each time a bound ran out.
+    pub(super) stuck: Vec<super::Stuck>,
 }
 
 impl Log {
@@ -277,6 +281,7 @@ pub async fn run_with_limits_traced<T: Transport>(
         vm_stopped: false,
         trace: trace.clone(),
         blamed: Vec::new(),
+        marks: Vec::new(),
     };
     for rule in &s.faults {
         host.guards
@@ -299,6 +304,14 @@ pub async fn run_with_limits_traced<T: Transport>(
         }
         Ended::OutOfTime => {
             let call = stuck_call(&trace, &mut host.blamed);
+            host.log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .stuck
+                .push(super::Stuck {
+                    what: "the run".into(),
+                    call: call.clone(),
+                });
             host.error(stuck_message("the run", &trace, call, limits.real, "real"));
             false
         }

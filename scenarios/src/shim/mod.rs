@@ -454,6 +454,8 @@ pub async fn run(s: &Scenario, opts: &ShimOptions) -> Outcome {
         },
         guest_containers: Vec::new(),
         steps: std::mem::take(&mut host.steps),
+        stuck: Vec::new(),
+        firings: Vec::new(),
     }
 }
 

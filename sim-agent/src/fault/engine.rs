@@ -47,6 +47,12 @@ pub struct Fired {
     pub target: String,
     /// The action, as text (`error(UNAVAILABLE, "guest busy")`).
     pub action: String,
+    /// The action itself (a delay with its jitter drawn).
+    pub kind: Action,
+    /// How many calls the rule had been asked about before this one (calls it matched while
+    /// not used up, whether or not they fired): a rule `N*off -> 1*ACTION` fires on the same
+    /// call, which is how `kata-sim shrink` makes a random run deterministic.
+    pub nth: u64,
 }
 
 #[derive(Debug)]
@@ -57,6 +63,8 @@ struct Installed {
     used: u64,
     /// How many draws the rule made for each distinct call (by [`call_key`]).
     draws: BTreeMap<u64, u64>,
+    /// How many calls it was asked about (matched while not used up).
+    asked: u64,
 }
 
 #[derive(Debug)]
@@ -172,6 +180,7 @@ impl FaultEngine {
                 term: 0,
                 used: 0,
                 draws: BTreeMap::new(),
+                asked: 0,
             },
         );
         FaultGuard {
@@ -273,6 +282,8 @@ impl FaultEngine {
             let Some(term) = inst.rule.chain.get(inst.term) else {
                 continue; // used up
             };
+            let nth = inst.asked;
+            inst.asked += 1;
             // The generator of this rule for this call's n-th draw: None when the term does
             // not draw (a certain term and no jitter).
             let mut rng = None;
@@ -333,6 +344,8 @@ impl FaultEngine {
                 rule: id,
                 target: call.target.to_string(),
                 action: action.to_string(),
+                kind: action.clone(),
+                nth,
             });
             return Some((id, action));
         }

@@ -123,6 +123,8 @@ tokio::task_local! {
 }
 
 /// Asks the transport serving this call (if any) to act on its answer.
-pub(crate) fn request_transport(f: TransportFault) {
-    let _ = TRANSPORT.try_with(|slot| slot.set(Some(f)));
+/// Returns whether a server carries the call (in process, nothing does: the caller gets the
+/// error its client would have made of the frame instead).
+pub(crate) fn request_transport(f: TransportFault) -> bool {
+    TRANSPORT.try_with(|slot| slot.set(Some(f))).is_ok()
 }

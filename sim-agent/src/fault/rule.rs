@@ -114,7 +114,7 @@ fn one_of(names: &[&str]) -> String {
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// One action of a chain.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Let the call through.
     Off,

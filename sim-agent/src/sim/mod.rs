@@ -419,8 +419,13 @@ impl SimAgent {
                     request_transport(TransportFault::Drop);
                     return Err(AgentError::ConnectionClosed);
                 }
-                if corrupt {
-                    request_transport(TransportFault::Corrupt);
+                if corrupt && !request_transport(TransportFault::Corrupt) {
+                    // In process there is no frame to garble: the caller gets what a ttrpc
+                    // client makes of one it cannot decode (ttrpc-rust: a transport error
+                    // for the call), as over the wire.
+                    return Err(AgentError::Transport(
+                        "Unpack response error: a kata-sim corrupt response frame".into(),
+                    ));
                 }
                 result
             };

@@ -78,6 +78,7 @@ pub const GO: Profile = Profile {
     // containerd-shim-v2/wait.go watchOOMEvents publishes a TaskOOM and logs nothing of its
     // own: kata-sim's line at info.
     oom_event: words::go_oom_event,
+    no_container: words::go_no_container,
     // containerd-shim-v2 stream copy since 41e8acbc5e: an empty ReadStdout/ReadStderr reply
     // is the end (kata-facts 8, fixtures real-lifecycle: the backport on 3.19.1).
     empty_read_ends_output: true,

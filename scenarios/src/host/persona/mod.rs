@@ -167,6 +167,9 @@ pub struct Profile {
     pub render_io_error: fn(&std::io::Error) -> String,
     /// The line logged for an OOM event forwarded for a container.
     pub oom_event: fn(&str) -> Warning,
+    /// What the shim answers a task call about a container it did not create (a failed
+    /// create leaves none): no agent call is made.
+    pub no_container: fn(&str) -> String,
     /// Whether an empty read (a 4.x agent's end of output) ends the output; if not, only a
     /// read error does (an older agent's `eof`) and the reader reads again.
     pub empty_read_ends_output: bool,

@@ -76,6 +76,7 @@ pub const RS: Profile = Profile {
     render_io_error: words::rs_io_error,
     // sandbox.rs OOM watcher: "send oom event for container {cid}" at warn.
     oom_event: words::rs_oom_event,
+    no_container: words::rs_no_container,
     // container_io: an empty read is the end of the stream (kata-facts 4, real-lifecycle-rs).
     empty_read_ends_output: true,
 };
