@@ -417,6 +417,8 @@ pub struct Header {
     pub base: String,
     /// Its seed.
     pub seed: u64,
+    /// The agent release its guest runs.
+    pub agent_version: sim_agent::AgentVersion,
 }
 
 /// The default base scenario of a persona: its termination-log lifecycle from the library.
@@ -479,6 +481,11 @@ fn with_rule(base: &Scenario, phase: Phase, rule: Rule) -> Option<Scenario> {
 /// called once its phase began is [`Class::NotReached`]).
 pub fn plan(mut base: Scenario, persona: Persona) -> Result<Plan, PlanError> {
     base.config.persona = persona;
+    if persona == Persona::Go3191 && base.config.agent_version.is_none() {
+        // A 3.19.1 shim ships with its own release's agent; on a 4.x agent its output reader
+        // spins on empty reads and no wait ends (kata-facts 8), which is no baseline.
+        base.config.agent_version = Some(sim_agent::AgentVersion(3, 19, 1));
+    }
     let has_rules = !base.faults.is_empty()
         || base
             .steps
@@ -528,6 +535,7 @@ pub fn plan(mut base: Scenario, persona: Persona) -> Result<Plan, PlanError> {
             persona,
             base: base.name.clone(),
             seed: base.seed,
+            agent_version: base.config.agent_version.unwrap_or_default(),
         },
         base,
         baseline,
@@ -674,9 +682,10 @@ pub fn table(header: &Header, cells: &[CellResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "fault matrix of {} (persona {}, seed {}): {} cells",
+        "fault matrix of {} (persona {}, agent {}, seed {}): {} cells",
         header.base,
         header.persona.name(),
+        header.agent_version,
         header.seed,
         cells.len()
     );

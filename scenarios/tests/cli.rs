@@ -497,7 +497,16 @@ fn sigterm_during_a_builtin_run_reports_what_finished_and_writes_junit() {
     let junit = dir.path().join("out.xml");
     let mut child = kata_sim()
         // One at a time: with two, c-last would finish beside the hung one.
-        .args(["run", "-j", "1", "--transport", "wire", "--timeout", "600", "--junit"])
+        .args([
+            "run",
+            "-j",
+            "1",
+            "--transport",
+            "wire",
+            "--timeout",
+            "600",
+            "--junit",
+        ])
         .arg(&junit)
         .arg(dir.path())
         .stdout(Stdio::piped())

@@ -239,6 +239,19 @@ fn parallel_cells_are_the_serial_cells() {
 }
 
 #[test]
+fn the_3_19_1_persona_plans_on_its_own_release_of_the_agent() {
+    let plan = plan(Persona::Go3191);
+    assert_eq!(plan.header.agent_version.to_string(), "3.19.1");
+    // That agent has no GetDiagnosticData, and the 3.19.1 shim never asks for it.
+    assert!(
+        plan.cells
+            .iter()
+            .all(|c| c.op.name() != "GetDiagnosticData")
+    );
+    assert!(plan.cells.len() > 1_000);
+}
+
+#[test]
 fn a_base_with_faults_of_its_own_is_refused() {
     let e = matrix::plan(library("go-hang-create-container"), Persona::Go).unwrap_err();
     assert!(e.to_string().contains("fault-free"), "{e}");

@@ -485,6 +485,14 @@ files) are created under `TMPDIR`, which the report points at `/dev/shm`. On the
 machine this was measured on, a 7-level `mkdir -p` takes ~1.6 ms (65 µs on tmpfs), and a pod \
 lifecycle creates some 25 directories: with guest roots on that disk a lifecycle costs \
 milliseconds more.\n\
+- `-j 2` scales when nothing per run is process-wide: a run's real-time watchdog is one \
+alarm thread for the process (it was a thread per run), an in-process run deletes its guest \
+root inline (it was a blocking-pool thread per run), and a guest directory made with \
+`mkdir_all` is opened through its own handle instead of pathrs's procfs `reopen` (that cut \
+the library's syscalls by 30%, 2.64 to 1.86 million for the library x 20). Most of a run's time \
+is in the kernel, and a thread started and ended per run (stack mapped and unmapped) likely \
+stalls the other core's worker; the library x 20 went from 1.78x to 2.05x of `-j 1`, the \
+matrix from 1.87x to 1.91x.\n\
 - These machines are noisy (2 shared cores): compare ratios, not absolute times.\n\n\
 ## The Check target\n\n\
 Met since the connection loop was reworked. Before, sim-agent's Check cost 1.2x ttrpc-rust's \

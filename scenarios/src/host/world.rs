@@ -177,27 +177,85 @@ impl Log {
 /// ends first (dropping the watchdog stops the thread at once).
 pub(super) struct Watchdog {
     expired: tokio::sync::oneshot::Receiver<()>,
-    _done: std::sync::mpsc::Sender<()>,
+    /// Its entry in the alarm thread's list (removed when the run ends).
+    key: (std::time::Instant, u64),
+}
+
+/// The real-time alarms of every run in the process: one thread sleeps until the earliest and
+/// fires it (a run's paused clock cannot time its own real time), instead of a thread per run.
+struct Alarms {
+    due: std::sync::Mutex<
+        std::collections::BTreeMap<(std::time::Instant, u64), tokio::sync::oneshot::Sender<()>>,
+    >,
+    changed: std::sync::Condvar,
+    next: std::sync::atomic::AtomicU64,
+}
+
+fn alarms() -> &'static Alarms {
+    static ALARMS: std::sync::OnceLock<&'static Alarms> = std::sync::OnceLock::new();
+    ALARMS.get_or_init(|| {
+        let a: &'static Alarms = Box::leak(Box::new(Alarms {
+            due: std::sync::Mutex::default(),
+            changed: std::sync::Condvar::new(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }));
+        let spawned = std::thread::Builder::new()
+            .name("kata-sim-watchdog".into())
+            .spawn(move || {
+                let mut due = a.due.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    let now = std::time::Instant::now();
+                    while let Some(entry) = due.first_entry() {
+                        if entry.key().0 > now {
+                            break;
+                        }
+                        let _ = entry.remove().send(());
+                    }
+                    due = match due.keys().next().map(|k| k.0) {
+                        Some(at) => {
+                            a.changed
+                                .wait_timeout(due, at.saturating_duration_since(now))
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
+                        None => a.changed.wait(due).unwrap_or_else(|p| p.into_inner()),
+                    };
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no real-time watchdog for runs: {e}");
+        }
+        a
+    })
 }
 
 impl Watchdog {
     pub(super) fn start(limit: Duration) -> Self {
         let (fire, expired) = tokio::sync::oneshot::channel();
-        let (done, ended) = std::sync::mpsc::channel::<()>();
-        let spawned = std::thread::Builder::new()
-            .name("kata-sim-watchdog".into())
-            .spawn(move || {
-                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(limit) {
-                    let _ = fire.send(());
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!("no real-time watchdog for this run: {e}");
-        }
-        Watchdog {
-            expired,
-            _done: done,
-        }
+        let a = alarms();
+        let at = std::time::Instant::now()
+            .checked_add(limit)
+            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(86_400 * 365));
+        let key = (
+            at,
+            a.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
+        a.due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, fire);
+        a.changed.notify_one();
+        Watchdog { expired, key }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        alarms()
+            .due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }
 
@@ -239,7 +297,7 @@ pub async fn run_with_limits_traced<T: Transport>(
     limits: Limits,
     trace: Trace,
 ) -> Outcome {
-    let watchdog = Watchdog::start(limits.real);
+    let mut watchdog = Watchdog::start(limits.real);
     let state = match tempfile::Builder::new().prefix("kata-sim-run-").tempdir() {
         Ok(d) => d,
         Err(e) => return failed(s, format!("a temp dir for the run: {e}")),
@@ -294,7 +352,7 @@ pub async fn run_with_limits_traced<T: Transport>(
             Ok(teardown_ok) => Ended::Normally(teardown_ok),
             Err(p) => Ended::Panicked(panic_message(&*p)),
         },
-        Ok(()) = watchdog.expired => Ended::OutOfTime,
+        Ok(()) = &mut watchdog.expired => Ended::OutOfTime,
     };
     let teardown_ok = match ended {
         Ended::Normally(ok) => ok,

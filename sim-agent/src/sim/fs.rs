@@ -212,9 +212,18 @@ impl Confined {
             .root
             .mkdir_all(path, &Permissions::from_mode(mode & 0o777))
             .map_err(io_err)?;
-        handle
-            .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY)
-            .map_err(io_err)
+        // "." of the directory's own handle: no path is resolved again, and no procfs
+        // round trip (pathrs's `reopen` goes through /proc/thread-self/fd).
+        let fd: OwnedFd = handle.into();
+        let dir = rustix::fs::openat(
+            &fd,
+            ".",
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        Ok(File::from(dir))
     }
 
     /// Creates a directory (its parent must exist); `false` if something is there already.
@@ -345,11 +354,15 @@ pub struct GuestFs {
 }
 
 /// Runs `f` (a deletion nobody waits for) on the current tokio runtime's blocking pool, or
-/// here when there is no runtime. A runtime finishes its blocking work before it shuts down.
+/// here when there is no runtime or it is a current-thread one (an in-process run on the
+/// paused clock, where nothing else waits: a blocking-pool thread per run would cost more
+/// than the deletion). A runtime finishes its blocking work before it shuts down.
 fn later(f: impl FnOnce() + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn_blocking(f)),
-        Err(_) => f(),
+        Ok(rt) if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread => {
+            drop(rt.spawn_blocking(f))
+        }
+        _ => f(),
     }
 }
 
