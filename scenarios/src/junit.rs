@@ -342,8 +342,8 @@ fn text(s: &str) -> String {
     out
 }
 
-/// An attribute value (in double quotes).
-fn attr(s: &str) -> String {
+/// An attribute value (in double quotes); also safe as HTML text (the matrix's report).
+pub(crate) fn attr(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

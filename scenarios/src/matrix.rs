@@ -762,19 +762,9 @@ fn script_json(v: &serde_json::Value) -> String {
     v.to_string().replace("</", "<\\/")
 }
 
-/// Text in HTML.
+/// Text in HTML: markup escaped as in an XML attribute ([`crate::junit`]'s).
 fn html_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::junit::attr(s)
 }
 
 const STYLE: &str = r#"

@@ -65,6 +65,17 @@ pub struct Shrunk {
     pub runs: usize,
 }
 
+impl Shrunk {
+    /// `6 -> 3 steps, 3 -> 1 rules, 2 -> 1 firings`.
+    pub fn sizes(&self) -> String {
+        let (b, a) = (self.before, self.after);
+        format!(
+            "{} -> {} steps, {} -> {} rules, {} -> {} firings",
+            b.steps, a.steps, b.rules, a.rules, b.firings, a.firings
+        )
+    }
+}
+
 /// How big a scenario is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size {
@@ -413,14 +424,9 @@ pub fn render(shrunk: &Shrunk, from: &str, seed: u64) -> Result<String, String> 
     let yaml = serde_saphyr::to_string(&shrunk.scenario).map_err(|e| e.to_string())?;
     Ok(format!(
         "# kata-sim shrink {from} --seed {seed}: the smallest deterministic run that still fails\n\
-         # `{}` ({} -> {} steps, {} -> {} rules, {} -> {} firings, {} runs).\n{yaml}",
+         # `{}` ({}, {} runs).\n{yaml}",
         shrunk.what,
-        shrunk.before.steps,
-        shrunk.after.steps,
-        shrunk.before.rules,
-        shrunk.after.rules,
-        shrunk.before.firings,
-        shrunk.after.firings,
+        shrunk.sizes(),
         shrunk.runs
     ))
 }

@@ -1621,16 +1621,10 @@ fn shrink(
         .or_internal()?;
     write_to(file, &text)?;
     outln!(
-        "{name} with seed {seed} fails `{}`; shrunk in {} runs: {} -> {} steps, {} -> {} rules, \
-         {} -> {} firings: {}",
+        "{name} with seed {seed} fails `{}`; shrunk in {} runs: {}: {}",
         shrunk.what,
         shrunk.runs,
-        shrunk.before.steps,
-        shrunk.after.steps,
-        shrunk.before.rules,
-        shrunk.after.rules,
-        shrunk.before.firings,
-        shrunk.after.firings,
+        shrunk.sizes(),
         out_path.display()
     );
     Ok(ExitCode::SUCCESS)

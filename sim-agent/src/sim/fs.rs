@@ -212,18 +212,9 @@ impl Confined {
             .root
             .mkdir_all(path, &Permissions::from_mode(mode & 0o777))
             .map_err(io_err)?;
-        // "." of the directory's own handle: no path is resolved again, and no procfs
-        // round trip (pathrs's `reopen` goes through /proc/thread-self/fd).
-        let fd: OwnedFd = handle.into();
-        let dir = rustix::fs::openat(
-            &fd,
-            ".",
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
-        Ok(File::from(dir))
+        // Through the directory's own handle: no procfs round trip (pathrs's `reopen` goes
+        // through /proc/thread-self/fd).
+        Ok(File::from(open_dir(&OwnedFd::from(handle))?))
     }
 
     /// Creates a directory (its parent must exist); `false` if something is there already.
@@ -290,15 +281,7 @@ impl Confined {
         if !meta.is_dir() {
             return Ok(meta.len());
         }
-        let dir = rustix::fs::openat(
-            &fd,
-            ".",
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
-        Ok(dir_size(dir, 0))
+        Ok(dir_size(open_dir(&fd)?, 0))
     }
 }
 
@@ -340,6 +323,17 @@ mod libc_errno {
     pub const ENOTDIR: i32 = rustix::io::Errno::NOTDIR.raw_os_error();
     pub const ELOOP: i32 = rustix::io::Errno::LOOP.raw_os_error();
     pub const EINVAL: i32 = rustix::io::Errno::INVAL.raw_os_error();
+}
+
+/// The directory behind a handle (an `O_PATH` one included), opened for reading: `.` of the
+/// handle itself, so no path is resolved again.
+fn open_dir(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        fd,
+        ".",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
 }
 
 /// A guest root directory on the host.
