@@ -760,19 +760,14 @@ where
     }
 }
 
-/// The summary table (no colour).
+/// The summary table of `reports` (no colour), as `kata-sim run` prints it.
 pub fn summary(reports: &[Report]) -> String {
-    summary_styled(reports, false)
-}
-
-/// The summary table, its results in colour when `color` is set.
-pub fn summary_styled(reports: &[Report], color: bool) -> String {
     let rows: Vec<crate::shard::Row> = reports
         .iter()
         .enumerate()
         .map(|(i, r)| crate::shard::Row::of(i, r))
         .collect();
-    summary_of_rows(&rows, color)
+    summary_of_rows(&rows, false)
 }
 
 /// The summary table of these rows (a run's, or shards' merged).

@@ -189,6 +189,33 @@ enum Format {
     Json,
 }
 
+/// How `run` and `matrix` spread their work: over threads, and over machines.
+#[derive(clap::Args, Debug)]
+struct Spread {
+    /// How many scenarios (matrix: cells) run at once (default: the number of CPUs; `run` with
+    /// a `shim:` or `exec` driver: 1). Output, snapshots, JUnit and seeds are a serial run's.
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+    /// Run only shard I of N (`--shard 2/4`): the scenarios whose name (the cells whose id)
+    /// hashes to it.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+    /// Write the results here (JSON) for `kata-sim merge`.
+    #[arg(long, value_name = "FILE")]
+    results: Option<PathBuf>,
+}
+
+impl Spread {
+    /// The jobs asked for, or `default`.
+    fn jobs_or(&self, default: usize) -> usize {
+        self.jobs.map_or(default, usize::from)
+    }
+
+    fn shard(&self) -> Shard {
+        self.shard.unwrap_or(Shard::ALL)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve Kata's remote-hypervisor protocol and a guest agent for every VM it creates,
@@ -260,16 +287,8 @@ enum Command {
         /// static busybox).
         #[arg(long, value_name = "DIR")]
         rootfs: Option<PathBuf>,
-        /// How many scenarios run at once (default: the number of CPUs; 1 with a `shim:` or
-        /// `exec` driver). Output, snapshots, JUnit and seeds are those of a serial run.
-        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-        jobs: Option<u16>,
-        /// Run only shard I of N (`--shard 2/4`): the scenarios whose name hashes to it.
-        #[arg(long, value_name = "I/N")]
-        shard: Option<Shard>,
-        /// Write the results here (JSON) for `kata-sim merge`.
-        #[arg(long, value_name = "FILE")]
-        results: Option<PathBuf>,
+        #[command(flatten)]
+        spread: Spread,
         /// With `--driver exec`: the host runtime's command, e.g. `-- ctr run ...`.
         #[arg(last = true)]
         command: Vec<String>,
@@ -287,15 +306,8 @@ enum Command {
         /// The scenario library, for a name (default: the one built into kata-sim).
         #[arg(long, value_name = "DIR")]
         library: Option<PathBuf>,
-        /// How many cells run at once (default: the number of CPUs).
-        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-        jobs: Option<u16>,
-        /// Run only shard I of N (`--shard 2/4`): the cells whose id hashes to it.
-        #[arg(long, value_name = "I/N")]
-        shard: Option<Shard>,
-        /// Write the results here (JSON) for `kata-sim merge`.
-        #[arg(long, value_name = "FILE")]
-        results: Option<PathBuf>,
+        #[command(flatten)]
+        spread: Spread,
         /// Write the HTML report into this directory (`index.html`, `cells/`).
         #[arg(long, value_name = "DIR")]
         html: Option<PathBuf>,
@@ -707,23 +719,17 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
             snapshots,
             runtime_config,
             rootfs,
-            jobs,
-            shard,
-            results,
+            spread,
             command,
         } => {
             ui.init_logging(1);
+            // A real runtime's state is the host's: one at a time unless asked.
             let serial = matches!(driver, Driver::Shim(_) | Driver::Exec);
-            let jobs = jobs.map_or_else(
-                || {
-                    if serial {
-                        1
-                    } else {
-                        kata_sim::pool::default_jobs()
-                    }
-                },
-                usize::from,
-            );
+            let jobs = spread.jobs_or(if serial {
+                1
+            } else {
+                kata_sim::pool::default_jobs()
+            });
             let shim = shim_options(&driver, runtime_config, rootfs, timeout)?;
             let overrides = Overrides {
                 persona: driver.persona(),
@@ -741,10 +747,10 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
                 &overrides,
                 RunOutputs {
                     junit: junit.as_deref(),
-                    results: results.as_deref(),
+                    results: spread.results.as_deref(),
                     format,
                     jobs,
-                    shard: shard.unwrap_or(Shard::ALL),
+                    shard: spread.shard(),
                 },
                 ui,
             )
@@ -753,25 +759,14 @@ fn dispatch(command: Command, ui: Ui) -> Result<ExitCode> {
             persona,
             base,
             library,
-            jobs,
-            shard,
-            results,
+            spread,
             html,
             format,
         } => {
             ui.init_logging(1);
-            let jobs = jobs.map_or_else(kata_sim::pool::default_jobs, usize::from);
-            matrix(
-                persona,
-                base.as_deref(),
-                library.as_deref(),
-                jobs,
-                shard.unwrap_or(Shard::ALL),
-                results.as_deref(),
-                html.as_deref(),
-                format,
-                ui,
-            )
+            matrix(&spread, html.as_deref(), format, ui, || {
+                matrix_plan(persona, base.as_deref(), library.as_deref())
+            })
         }
         Command::Coverage {
             paths,
@@ -1325,30 +1320,29 @@ fn run(
     };
     let stop = || kata_sim::exec::interrupted().map(|s| format!("interrupted by {s}"));
     let mut json_error = None;
+    // Each report's row (its rendered outputs) is made once, as it finishes.
+    let mut rows: Vec<Row> = Vec::with_capacity(positions.len());
     let reports = runner::run_all(loaded, o, outputs.jobs, &stop, &mut |p| {
-        if format == Format::Json
-            && let Progress::Finished { report, .. } = &p
-        {
-            match serde_json::to_string(&runner::json(report)) {
-                // A reader that went away mid-run loses these lines, not the run (its
-                // JUnit and exit code still follow).
-                Ok(j) => {
-                    use std::io::Write as _;
-                    let _ = writeln!(std::io::stdout(), "{j}");
+        if let Progress::Finished { index, report, .. } = &p {
+            let row = Row::of(positions[*index], report);
+            if format == Format::Json {
+                match serde_json::to_string(&row.json) {
+                    // A reader that went away mid-run loses these lines, not the run (its
+                    // JUnit and exit code still follow).
+                    Ok(j) => {
+                        use std::io::Write as _;
+                        let _ = writeln!(std::io::stdout(), "{j}");
+                    }
+                    Err(e) => json_error = Some(e),
                 }
-                Err(e) => json_error = Some(e),
             }
+            rows.push(row);
         }
         line.on(p);
     });
     if let Some(e) = json_error {
         return Err(Exit::internal(e));
     }
-    let rows: Vec<Row> = positions
-        .iter()
-        .zip(&reports)
-        .map(|(i, r)| Row::of(*i, r))
-        .collect();
     if format == Format::Text {
         print_run(&rows, ui)?;
     }
@@ -1430,26 +1424,26 @@ fn matrix_plan(
     kata_sim::matrix::plan(scenario, persona).or_bad()
 }
 
-#[allow(clippy::too_many_arguments, reason = "one per flag of the subcommand")]
+/// `kata-sim matrix`: the results file is checked writable before `plan` runs anything.
 fn matrix(
-    persona: Persona,
-    base: Option<&str>,
-    library: Option<&Path>,
-    jobs: usize,
-    shard: Shard,
-    results: Option<&Path>,
+    spread: &Spread,
     html: Option<&Path>,
     format: Format,
     ui: Ui,
+    plan: impl FnOnce() -> Result<kata_sim::matrix::Plan>,
 ) -> Result<ExitCode> {
-    let results_file = create_now(results, "--results")?;
-    let plan = matrix_plan(persona, base, library)?;
+    let results_file = create_now(spread.results.as_deref(), "--results")?;
+    let plan = &plan()?;
+    let (jobs, shard) = (
+        spread.jobs_or(kata_sim::pool::default_jobs()),
+        spread.shard(),
+    );
     let total = plan.cells.len();
     // The live line only on a terminal.
     let quiet = ui.quiet || !std::io::stderr().is_terminal();
     let mut done = 0usize;
     let mut json_error = None;
-    let cells = kata_sim::matrix::run(&plan, jobs, shard, &mut |c| {
+    let cells = kata_sim::matrix::run(plan, jobs, shard, &mut |c| {
         done += 1;
         if format == Format::Json {
             match serde_json::to_string(&kata_sim::matrix::cell_json(c)) {
